@@ -1,0 +1,23 @@
+"""ComfyUI glue of the pack: V3 nodes only; the model code lives in sonic_diffusion/."""
+from comfy_api.latest import ComfyExtension
+
+from .adapter import SonicAdapterLoader, SonicApplyAdapter
+from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
+
+NODES = [
+    SonicLoadAudio,
+    SonicAudioEncoderLoader,
+    SonicAudioEncode,
+    SonicAudioEmbedsMix,
+    SonicAdapterLoader,
+    SonicApplyAdapter,
+]
+
+
+class SonicDiffusionExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint():
+    return SonicDiffusionExtension()

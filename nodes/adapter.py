@@ -1,0 +1,123 @@
+"""Sonic Adapter Loader and Apply Sonic Adapter."""
+import folder_paths
+from comfy_api.latest import io
+
+from ..sonic_diffusion import checkpoints
+from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
+from ..sonic_diffusion.patch import SonicAudioPatch
+from ..sonic_diffusion.runtime import SonicAdapter
+from ..sonic_diffusion.safe_load import load_weights_file
+from .common import CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, schema
+from .folders import SONIC_FOLDER
+
+BUNDLED = "bundled (from the adapter file)"
+
+
+def _load(folder_name, node):
+    path = folder_paths.get_full_path_or_raise(SONIC_FOLDER, folder_name)
+    try:
+        sd, _meta = load_weights_file(path)
+    except ValueError as e:
+        raise NodeInputError(f"{node}: {e}") from None
+    return path, sd
+
+
+class SonicAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        files = folder_paths.get_filename_list(SONIC_FOLDER)
+        return schema(
+            node_id="SonicAdapterLoader",
+            display_name="Sonic Adapter Loader",
+            category=CATEGORY + "/loaders",
+            description="Loads a SonicDiffusion adapter: the official pair (landscape.pt or greatest_hits.pt plus "
+                        "its audio_projector_*.pth) or one SonicDiffusion .safetensors bundle holding both. "
+                        "Files live in models/sonic_diffusion.",
+            inputs=[
+                io.Combo.Input("adapter_name", options=files,
+                               tooltip="The gated attention weights (landscape.pt, greatest_hits.pt) or a bundle."),
+                io.Combo.Input("projector_name", options=[BUNDLED] + files, default=BUNDLED,
+                               tooltip="The audio projector (audio_projector_landscape.pth / audio_projector_gh.pth). "
+                                       "Keep 'bundled' for a .safetensors bundle that already holds it."),
+            ],
+            outputs=[SonicAdapterType.Output(display_name="sonic_adapter")],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name, projector_name):
+        node = "Sonic Adapter Loader"
+        _, sd = _load(adapter_name, node)
+        try:
+            if checkpoints.looks_like_bundle(sd):
+                projector, gates = checkpoints.split_bundle(sd, adapter_name)
+            elif checkpoints.looks_like_projector(sd):
+                raise NodeInputError(f"{node}: {adapter_name} is an audio projector; choose it as projector_name and "
+                                     f"the gate file (landscape.pt or greatest_hits.pt) as adapter_name.")
+            else:
+                projector, gates = None, checkpoints.gates_state(sd, adapter_name)
+            if projector_name != BUNDLED:
+                _, psd = _load(projector_name, node)
+                projector = checkpoints.projector_state(psd, projector_name)
+            if projector is None:
+                raise NodeInputError(f"{node}: {adapter_name} holds no projector; choose the matching "
+                                     f"audio_projector_*.pth as projector_name.")
+            model = checkpoints.build_adapter_model(projector, gates)
+        except checkpoints.AdapterWeightsError as e:
+            raise NodeInputError(f"{node}: {e}") from None
+        return io.NodeOutput(SonicAdapter(model, name=adapter_name))
+
+
+class SonicApplyAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicApplyAdapter",
+            display_name="Apply Sonic Adapter",
+            category=CATEGORY,
+            description="Patches an SD 1.x MODEL so its middle block and output blocks 3-11 attend to the audio: "
+                        "x += strength * tanh(gate) * Attn(LayerNorm(x), audio tokens), right after the text "
+                        "cross-attention. Positive prompts get the audio, negative prompts the null (or negative) "
+                        "audio. Works with every stock sampler, LoRA and ControlNet.",
+            inputs=[
+                io.Model.Input("model"),
+                SonicAdapterType.Input("sonic_adapter"),
+                SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic). One embedding serves "
+                                       "every latent; B embeddings map one-to-one onto B latents."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="The paper's f: 1.0 as published, 0 disables the audio, negative pushes away."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the audio starts acting."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the audio stops acting."),
+                SonicAudioEmbeds.Input("negative_audio_embeds", optional=True,
+                                       tooltip="Audio for the negative prompt; default: the null audio "
+                                               "(the projector's output for a zero embedding), as in the paper."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, sonic_adapter, audio_embeds, strength, start_percent, end_percent,
+                negative_audio_embeds=None):
+        node = "Apply Sonic Adapter"
+        if start_percent > end_percent:
+            raise NodeInputError(f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); "
+                                 f"swap them.")
+        try:
+            check_unet_fits(model, node)
+        except IncompatibleModelError as e:
+            raise NodeInputError(str(e)) from None
+        for name, emb in (("audio_embeds", audio_embeds), ("negative_audio_embeds", negative_audio_embeds)):
+            if emb is not None and not bool(emb.isfinite().all()):
+                raise NodeInputError(f"{node}: {name} holds NaN or Inf values; re-encode the audio.")
+        cond = sonic_adapter.project(audio_embeds)
+        uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else None
+        sigma_start = sigma_end = None
+        if start_percent > 0.0 or end_percent < 1.0:
+            sampling = model.get_model_object("model_sampling")
+            sigma_start = sampling.percent_to_sigma(start_percent)
+            sigma_end = sampling.percent_to_sigma(end_percent)
+        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end)
+        patched = model.clone()
+        patch.register(patched)
+        return io.NodeOutput(patched)

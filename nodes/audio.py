@@ -1,0 +1,185 @@
+"""Load Audio (Sonic), Audio Encoder Loader (Sonic), Audio Encode (Sonic), Audio Embeds Mix (Sonic)."""
+import hashlib
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..sonic_diffusion import mixing
+from ..sonic_diffusion.audio_decode import AudioDecodeError, decode_audio
+from ..sonic_diffusion.audio_prep import prepare_clip
+from ..sonic_diffusion.clap import ClapEncoder, ClapWeightsError, load_clap_state_dict
+from ..sonic_diffusion.safe_load import load_weights_file
+from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, schema
+from .folders import CLAP_FOLDER
+
+
+def _audio_files():
+    input_dir = folder_paths.get_input_directory()
+    try:
+        names = os.listdir(input_dir)
+    except FileNotFoundError:
+        return []
+    files = [f for f in names if os.path.isfile(os.path.join(input_dir, f))]
+    return sorted(folder_paths.filter_files_content_types(files, ["audio", "video"]))
+
+
+class SonicLoadAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicLoadAudio",
+            display_name="Load Audio (Sonic)",
+            category=CATEGORY + "/audio",
+            description="Loads an audio file from ComfyUI's input folder (wav, flac, mp3, ogg, m4a...) with PyAV, "
+                        "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node.",
+            inputs=[
+                io.Combo.Input("audio", options=_audio_files(), upload=io.UploadType.audio,
+                               tooltip="A file in ComfyUI's input folder; upload one with the button."),
+                io.Float.Input("start_time", default=0.0, min=0.0, max=1e6, step=0.1,
+                               tooltip="Seconds to skip at the start of the file."),
+                io.Float.Input("duration", default=0.0, min=0.0, max=1e6, step=0.1,
+                               tooltip="Seconds to load; 0 loads to the end. Only this window is decoded."),
+                io.Float.Input("gain_db", default=0.0, min=-60.0, max=60.0, step=0.5,
+                               tooltip="Volume change in dB. Gain changes the CLAP embedding (the paper's "
+                                       "volume adjustment); no normalisation is applied."),
+            ],
+            outputs=[io.Audio.Output()],
+        )
+
+    @classmethod
+    def execute(cls, audio, start_time, duration, gain_db):
+        path = folder_paths.get_annotated_filepath(audio)
+        try:
+            waveform, rate = decode_audio(path, start_s=start_time, duration_s=duration, gain_db=gain_db)
+        except AudioDecodeError as e:
+            raise NodeInputError(f"Load Audio (Sonic): {e}") from None
+        return io.NodeOutput({"waveform": waveform.unsqueeze(0), "sample_rate": rate})
+
+    @classmethod
+    def fingerprint_inputs(cls, audio, start_time, duration, gain_db):
+        # The file's content, not its name, decides whether the cached output is still valid.
+        h = hashlib.sha256()
+        try:
+            with open(folder_paths.get_annotated_filepath(audio), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except (OSError, ValueError):
+            return f"missing:{audio}"
+        return f"{h.hexdigest()}:{start_time}:{duration}:{gain_db}"
+
+    @classmethod
+    def validate_inputs(cls, audio, **kwargs):
+        if not folder_paths.exists_annotated_filepath(audio):
+            return f"Load Audio (Sonic): no file named {audio} in the input folder; upload it or pick another."
+        return True
+
+
+class SonicAudioEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioEncoderLoader",
+            display_name="Audio Encoder Loader (Sonic)",
+            category=CATEGORY + "/loaders",
+            description="Loads the MS-CLAP 2022 audio tower from the official CLAP_weights_2022.pth (its text "
+                        "tower is ignored) or from an audio-only .safetensors made by the pack's converter. "
+                        "Files live in models/audio_encoders.",
+            inputs=[io.Combo.Input("clap_name", options=folder_paths.get_filename_list(CLAP_FOLDER),
+                                   tooltip="CLAP_weights_2022.pth or its audio-only conversion.")],
+            outputs=[SonicAudioEncoderType.Output(display_name="audio_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, clap_name):
+        node = "Audio Encoder Loader (Sonic)"
+        path = folder_paths.get_full_path_or_raise(CLAP_FOLDER, clap_name)
+        try:
+            sd, _meta = load_weights_file(path)
+            model = load_clap_state_dict(sd)
+        except (ValueError, ClapWeightsError) as e:
+            raise NodeInputError(f"{node}: {clap_name}: {e}") from None
+        return io.NodeOutput(ClapEncoder(model))
+
+
+class SonicAudioEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioEncode",
+            display_name="Audio Encode (Sonic)",
+            category=CATEGORY + "/audio",
+            description="Turns AUDIO into MS-CLAP 2022 embeddings [B,1024] with the official preprocessing: mono, "
+                        "44.1 kHz, exactly 10 s (shorter clips are repeated, longer ones windowed).",
+            inputs=[
+                SonicAudioEncoderType.Input("audio_encoder"),
+                io.Audio.Input("audio", tooltip="From Load Audio (Sonic) or core Load Audio; a batch of B clips "
+                                                "gives B embeddings."),
+                io.Combo.Input("window", options=["center", "start", "offset"], default="center",
+                               tooltip="Which 10 s of a longer clip to use. The official code picks a random "
+                                       "crop; here it is deterministic."),
+                io.Float.Input("offset", default=0.0, min=0.0, max=1e6, step=0.1,
+                               tooltip="Start of the window in seconds, used when window is 'offset'."),
+            ],
+            outputs=[SonicAudioEmbeds.Output(display_name="audio_embeds")],
+        )
+
+    @classmethod
+    def execute(cls, audio_encoder, audio, window, offset):
+        node = "Audio Encode (Sonic)"
+        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+            raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+        try:
+            clips = prepare_clip(audio["waveform"], audio["sample_rate"], window=window, offset_s=offset)
+        except ValueError as e:
+            raise NodeInputError(f"{node}: {e}") from None
+        bar = comfy.utils.ProgressBar(clips.shape[0])
+        embeds = audio_encoder.encode(
+            clips, progress=lambda i: bar.update_absolute(i, clips.shape[0]),
+            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        return io.NodeOutput(embeds)
+
+
+class SonicAudioEmbedsMix(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioEmbedsMix",
+            display_name="Audio Embeds Mix (Sonic)",
+            category=CATEGORY + "/audio",
+            description="Mixes two audio embeddings (the paper's sound interpolation): lerp or slerp at a ratio, "
+                        "a series of ratios as a batch, or a weighted sum. The result is re-normalised.",
+            inputs=[
+                SonicAudioEmbeds.Input("embeds_a"),
+                SonicAudioEmbeds.Input("embeds_b"),
+                io.Combo.Input("mode", options=["slerp", "lerp", "weighted_sum"], default="slerp"),
+                io.Float.Input("ratio", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="0 gives embeds_a, 1 gives embeds_b (lerp and slerp)."),
+                io.String.Input("ratios", default="", optional=True,
+                                tooltip="Comma-separated ratios, e.g. 0,0.25,0.5,0.75,1: one embedding each, as a "
+                                        "batch (one latent per ratio). Overrides ratio when not empty."),
+                io.Float.Input("weight_a", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="weighted_sum: weight of embeds_a."),
+                io.Float.Input("weight_b", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="weighted_sum: weight of embeds_b."),
+            ],
+            outputs=[SonicAudioEmbeds.Output(display_name="audio_embeds")],
+        )
+
+    @classmethod
+    def execute(cls, embeds_a, embeds_b, mode, ratio, ratios="", weight_a=1.0, weight_b=1.0):
+        node = "Audio Embeds Mix (Sonic)"
+        try:
+            if mode == "weighted_sum":
+                return io.NodeOutput(mixing.weighted_sum(embeds_a, embeds_b, weight_a, weight_b))
+            series = mixing.parse_ratios(ratios or "")
+            if series:
+                if embeds_a.shape[0] != 1 or embeds_b.shape[0] != 1:
+                    raise ValueError("a list of ratios needs single embeddings on both inputs")
+                return io.NodeOutput(mixing.mix_series(embeds_a, embeds_b, series, mode))
+            fn = mixing.slerp if mode == "slerp" else mixing.lerp
+            return io.NodeOutput(fn(embeds_a, embeds_b, ratio))
+        except ValueError as e:
+            raise NodeInputError(f"{node}: {e}") from None

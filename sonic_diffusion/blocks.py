@@ -1,0 +1,53 @@
+"""Where the gated audio attention sits: the SD1.x middle block and output blocks 3-11.
+
+One table maps the official diffusers key prefixes, the LDM prefixes of the training
+code base, ComfyUI's transformer_options["block"] keys and the block widths.
+"""
+from dataclasses import dataclass
+
+HEADS = 8
+
+
+@dataclass(frozen=True)
+class AdapterBlock:
+    name: str          # our module name, e.g. "output_3"
+    comfy_block: tuple  # transformer_options["block"], e.g. ("output", 3)
+    diffusers: str     # prefix in the official landscape.pt / greatest_hits.pt
+    ldm: str           # prefix in the LDM training code base (without "model.diffusion_model.")
+    dim: int           # transformer width d (heads x dim_head = 8 x d/8)
+
+    @property
+    def dim_head(self):
+        return self.dim // HEADS
+
+
+def _output_block(k):
+    width = {1: 1280, 2: 640, 3: 320}[k // 3]
+    return AdapterBlock(
+        name=f"output_{k}",
+        comfy_block=("output", k),
+        # up_blocks.i.attentions.j is output block 3i+j.
+        diffusers=f"up_blocks.{k // 3}.attentions.{k % 3}.transformer_blocks.0",
+        ldm=f"output_blocks.{k}.1.transformer_blocks.0",
+        dim=width,
+    )
+
+
+ADAPTER_BLOCKS = (
+    AdapterBlock("middle_0", ("middle", 0), "mid_block.attentions.0.transformer_blocks.0",
+                 "middle_block.1.transformer_blocks.0", 1280),
+) + tuple(_output_block(k) for k in range(3, 12))
+
+BLOCKS_BY_COMFY_KEY = {b.comfy_block: b for b in ADAPTER_BLOCKS}
+
+# Per-block tensors of the official files, with their shapes as functions of d.
+BLOCK_TENSOR_SHAPES = {
+    "attn_adapter.to_q.weight": lambda d: (d, d),
+    "attn_adapter.to_k.weight": lambda d: (d, 768),
+    "attn_adapter.to_v.weight": lambda d: (d, 768),
+    "attn_adapter.to_out.0.weight": lambda d: (d, d),
+    "attn_adapter.to_out.0.bias": lambda d: (d,),
+    "norm_adapter.weight": lambda d: (d,),
+    "norm_adapter.bias": lambda d: (d,),
+    "gate_adapter": lambda d: (1,),
+}

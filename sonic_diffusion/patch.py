@@ -1,0 +1,214 @@
+"""The ComfyUI patch that adds SonicDiffusion's gated audio attention to a UNet.
+
+SonicDiffusion's term needs the stream after the text cross-attention residual,
+x + attn2(norm2(x)), which no single ComfyUI hook receives whole. So a middle_patch
+keeps x, and the attn2_output_patch (which receives n = attn2(...)) returns
+n + f * tanh(gate) * Attn(LN(x + n), audio_tokens); ComfyUI then adds x.
+
+Audio keys and values do not depend on the latent, so they (and everything else
+derived from tokens and weights) are computed once per sampling per device/dtype,
+not at every step.
+"""
+import torch
+import torch.nn.functional as F
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
+
+
+class AudioBatchError(ValueError):
+    """The audio embeddings cannot be matched to the latent batch."""
+
+
+class StreamCapture:
+    """middle_patch: remembers the block's stream x (returned unchanged)."""
+
+    def __init__(self):
+        self.x = None
+
+    def __call__(self, x, extra_options):
+        self.x = x
+        return x
+
+    def __deepcopy__(self, memo):
+        # ComfyUI 0.3.75 deep-copies model_options on clone; the patch is immutable
+        # apart from transient state, so clones share it (as newer ComfyUI does).
+        return self
+
+
+def _rows_for_chunk(tokens, batch):
+    """Tokens [E,77,768] for one chunk of `batch` latents: one embedding serves every
+    latent, B embeddings map i-th to i-th; any other count is refused."""
+    if tokens.shape[0] == batch:
+        return tokens
+    if tokens.shape[0] == 1:
+        return tokens.expand(batch, -1, -1)
+    raise AudioBatchError(
+        f"Apply Sonic Adapter: {tokens.shape[0]} audio embeddings for a batch of {batch} latents. "
+        f"Give one audio (it serves every latent) or exactly {batch} (one per latent).")
+
+
+def absorbs_projections(dim, heads=HEADS, tokens=77):
+    """Whether folding to_q/to_out into the audio side is cheaper for this width:
+    per query row, 2*d*d + 2*d*77 MACs plainly vs 2*d*heads*77 folded."""
+    return dim * dim + dim * tokens > dim * heads * tokens
+
+
+class SonicAudioPatch:
+    """attn2_output_patch of one Apply Sonic Adapter node.
+
+    Parameters
+    - adapter: runtime SonicAdapter (model + ModelPatcher, null tokens)
+    - cond_tokens / uncond_tokens: [E,77,768] float32 projector outputs
+    - strength: the paper's f; 0 makes the patch an exact no-op
+    - sigma_start / sigma_end: active while sigma_end <= sigma <= sigma_start (None = always)
+    """
+
+    def __init__(self, adapter, cond_tokens, uncond_tokens, strength=1.0, sigma_start=None, sigma_end=None,
+                 differentiable=False):
+        self.adapter = adapter
+        self.cond_tokens = cond_tokens
+        self.uncond_tokens = uncond_tokens
+        self.strength = float(strength)
+        self.sigma_start = sigma_start
+        self.sigma_end = sigma_end
+        self.differentiable = differentiable
+        self.capture = StreamCapture()
+        self.fast = True  # tests switch this off to compare with the plain formula
+        self._cache = {}
+        self._window_sigmas = None
+        self._window_active = True
+        self.calls = {}  # block -> count, only when counting is switched on
+        self.count_calls = False
+
+    # ComfyUI plumbing -------------------------------------------------------------
+    def models(self):
+        """Lets ComfyUI load, offload and cast the adapter with the UNet."""
+        return [self.adapter.patcher]
+
+    def to(self, device_or_dtype):
+        """ComfyUI moves patches with the model; cached tensors on another device are dropped."""
+        if isinstance(device_or_dtype, (torch.device, str)):
+            device = torch.device(device_or_dtype)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == device}
+        return self
+
+    def cleanup(self):
+        """Called by newer ComfyUI after each sampling run: free per-sampling tensors."""
+        self._cache = {}
+        self.capture.x = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def register(self, model_patcher):
+        """Adds this patch to a (cloned) ModelPatcher."""
+        model_patcher.set_model_patch(self.capture, "middle_patch")
+        model_patcher.set_model_attn2_output_patch(self)
+        return model_patcher
+
+    # The patch ----------------------------------------------------------------------
+    def _in_window(self, extra_options):
+        if self.sigma_start is None and self.sigma_end is None:
+            return True
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        # Every block of one model call gets the same tensor: sync once per step.
+        if sigmas is not self._window_sigmas:
+            s = float(sigmas.reshape(-1)[0])
+            hi = self.sigma_start if self.sigma_start is not None else float("inf")
+            lo = self.sigma_end if self.sigma_end is not None else 0.0
+            self._window_sigmas = sigmas
+            self._window_active = lo <= s <= hi
+        return self._window_active
+
+    def __call__(self, n, extra_options):
+        block = BLOCKS_BY_COMFY_KEY.get(extra_options.get("block"))
+        if block is None or extra_options.get("block_index", 0) != 0:
+            return n
+        if self.count_calls:
+            self.calls[block.comfy_block] = self.calls.get(block.comfy_block, 0) + 1
+        if self.strength == 0.0 or not self._in_window(extra_options):
+            return n
+        x = self.capture.x
+        if x is None or x.shape != n.shape:
+            raise RuntimeError("Apply Sonic Adapter: the block stream was not captured; another node may have "
+                               "removed the middle_patch. Re-apply the adapter after that node.")
+        h = x + n
+        chunks = list(extra_options.get("cond_or_uncond") or [0])
+        if self.differentiable or not self.fast:
+            return n + self._plain_term(block, h, chunks)
+        return n + self._fast_term(block, h, chunks)
+
+    # Token rows per chunk -----------------------------------------------------------
+    def _chunk_tokens(self, chunks, batch):
+        uncond = self.uncond_tokens if self.uncond_tokens is not None else self.adapter.null_tokens()
+        return [self.cond_tokens if c != 1 else uncond for c in chunks]
+
+    def _plain_term(self, block, h, chunks):
+        """The formula as written, through the adapter's own modules (differentiable)."""
+        batch = h.shape[0] // len(chunks)
+        tokens = torch.cat([_rows_for_chunk(t, batch) for t in self._chunk_tokens(chunks, batch)])
+        tokens = tokens.to(device=h.device, dtype=h.dtype)
+        return self.adapter.model.blocks[block.name].residual(h, tokens, self.strength)
+
+    # Cached fast path -----------------------------------------------------------------
+    def _fast_term(self, block, h, chunks):
+        batch = h.shape[0] // len(chunks)
+        key = (h.device, h.dtype, tuple(chunks), batch)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._build(h.device, h.dtype, chunks, batch)
+            self._cache[key] = entry
+        t = entry[block.name]
+        y = F.layer_norm(h, (block.dim,), t["ln_w"], t["ln_b"], 1e-5)
+        if "A" in t:
+            # Folded projections: scores = LN(h) @ A, out = softmax(scores) @ B (+ bias).
+            n_chunks = len(chunks)
+            rows = y.reshape(n_chunks, -1, block.dim)
+            scores = torch.bmm(rows, t["A"])
+            probs = scores.view(n_chunks, rows.shape[1], HEADS, -1).softmax(dim=-1)
+            out = torch.baddbmm(t["bias"], probs.view(n_chunks, rows.shape[1], -1), t["B"])
+            return out.view_as(h)
+        q = F.linear(y, t["wq"])
+        o = comfy_attention.optimized_attention(q, t["k"], t["v"], HEADS)
+        return F.linear(o, t["wo"], t["bias"])
+
+    @torch.no_grad()
+    def _build(self, device, dtype, chunks, batch):
+        """Everything the blocks need that depends only on tokens and weights."""
+        chunk_tokens = [t.to(device=device, dtype=torch.float32) for t in self._chunk_tokens(chunks, batch)]
+        # The folded path needs one token set per chunk; batches of distinct audios use the plain one.
+        single = all(t.shape[0] == 1 for t in chunk_tokens)
+        rows = torch.cat([_rows_for_chunk(t, batch) for t in chunk_tokens])
+        entry = {}
+        for block in ADAPTER_BLOCKS:
+            mod = self.adapter.model.blocks[block.name]
+            w = {name: p.detach().to(device=device, dtype=torch.float32) for name, p in mod.named_parameters()}
+            scale = self.strength * torch.tanh(w["gate_adapter"])
+            wo = w["attn_adapter.to_out.0.weight"] * scale
+            bias = w["attn_adapter.to_out.0.bias"] * scale
+            t = {"ln_w": w["norm_adapter.weight"].to(dtype), "ln_b": w["norm_adapter.bias"].to(dtype)}
+            d, dh = block.dim, block.dim_head
+            if single and absorbs_projections(d):
+                tok = torch.cat(chunk_tokens)                                  # [chunks, 77, 768]
+                k = F.linear(tok, w["attn_adapter.to_k.weight"]).view(len(chunks), -1, HEADS, dh)
+                v = F.linear(tok, w["attn_adapter.to_v.weight"]).view(len(chunks), -1, HEADS, dh)
+                wq = w["attn_adapter.to_q.weight"].view(HEADS, dh, d)
+                # A[c, i, h*77+j] = scale_attn * sum_e Wq[h*dh+e, i] K[c, j, h*dh+e]
+                a = torch.einsum("hei,cjhe->cihj", wq, k) * dh ** -0.5
+                # B[c, h*77+j, o] = sum_e V[c, j, h*dh+e] Wo'[o, h*dh+e]
+                b = torch.einsum("cjhe,ohe->chjo", v, wo.view(d, HEADS, dh))
+                t["A"] = a.reshape(len(chunks), d, -1).to(dtype)
+                t["B"] = b.reshape(len(chunks), -1, d).to(dtype)
+                t["bias"] = bias.to(dtype).expand(len(chunks), 1, d)
+            else:
+                t["wq"] = w["attn_adapter.to_q.weight"].to(dtype)
+                t["k"] = F.linear(rows, w["attn_adapter.to_k.weight"]).to(dtype)
+                t["v"] = F.linear(rows, w["attn_adapter.to_v.weight"]).to(dtype)
+                t["wo"] = wo.to(dtype)
+                t["bias"] = bias.to(dtype)
+            entry[block.name] = t
+        return entry

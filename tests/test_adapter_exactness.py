@@ -1,0 +1,199 @@
+"""The ComfyUI-patched UNet against an independent diffusers reference.
+
+The reference is a diffusers UNet2DConditionModel given the same UNet weights, whose
+transformer blocks carry attn_adapter / norm_adapter / gate_adapter so that the
+official gate dict loads strictly by its own key names. That proves the mapping from
+diffusers block names to ComfyUI's ("middle", 0) / ("output", k) blocks.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import comfy.sd
+import comfy.utils
+import nodes
+
+from sonic_diffusion.blocks import ADAPTER_BLOCKS
+from sonic_diffusion.patch import SonicAudioPatch
+from sonic_diffusion.safe_load import load_weights_file
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def comfy_model(fixture_dir):
+    path = fixture_dir.full_checkpoint(clip=False, vae=False)
+    model, *_ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)
+    assert model.model.diffusion_model.dtype == torch.float32
+    return model
+
+
+@pytest.fixture(scope="module")
+def adapter(host, fixture_dir):
+    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
+    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
+    loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
+    return loader.execute(adapter_name=gates, projector_name=proj).result[0]
+
+
+def _install_reference_adapters(unet, audio_tokens):
+    """Adds the official adapter modules to each target diffusers block and a forward
+    with the paper's formula after the text cross-attention."""
+    from diffusers.models.attention_processor import Attention
+
+    targets = [unet.mid_block.attentions[0]] + [unet.up_blocks[i].attentions[j] for i in (1, 2, 3) for j in range(3)]
+    for spatial in targets:
+        tb = spatial.transformer_blocks[0]
+        d = tb.norm1.normalized_shape[0]
+        tb.attn_adapter = Attention(query_dim=d, cross_attention_dim=768, heads=8, dim_head=d // 8, bias=False)
+        tb.norm_adapter = nn.LayerNorm(d)
+        tb.gate_adapter = nn.Parameter(torch.zeros(1))
+
+        def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, *args, _tb=tb, **kwargs):
+            hs = _tb.attn1(_tb.norm1(hidden_states)) + hidden_states
+            hs = _tb.attn2(_tb.norm2(hs), encoder_hidden_states=encoder_hidden_states) + hs
+            hs = hs + torch.tanh(_tb.gate_adapter) * _tb.attn_adapter(
+                _tb.norm_adapter(hs), encoder_hidden_states=audio_tokens["tokens"])
+            return _tb.ff(_tb.norm3(hs)) + hs
+
+        tb.forward = forward
+    return len(targets)
+
+
+@pytest.fixture(scope="module")
+def reference_unet(fixture_dir):
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    sd = comfy.utils.load_torch_file(str(fixture_dir.full_checkpoint(clip=False, vae=False)))
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items()}, dict(unet.config))
+    tokens = {"tokens": None}
+    assert _install_reference_adapters(unet, tokens) == 10
+    gates, _ = load_weights_file(fixture_dir.gates())
+    # strict: every official key name must have a home, and every module must get a tensor
+    unet.load_state_dict({**converted, **{k: v.float() for k, v in gates.items()}}, strict=True)
+    return unet.eval(), tokens
+
+
+def _run_comfy(model, x, t, ctx, chunks, count=False):
+    to = copy.copy(model.model_options["transformer_options"])
+    to["cond_or_uncond"] = chunks
+    to["sigmas"] = t.float()
+    with torch.no_grad():
+        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+
+
+def _inputs(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 16, 16, generator=g)
+    ctx = torch.randn(batch, 77, 768, generator=g)
+    t = torch.full((batch,), 421, dtype=torch.long)
+    e = torch.nn.functional.normalize(torch.randn(batch, 1024, generator=g), dim=-1)
+    return x, t, ctx, e
+
+
+def _apply(model, adapter, embeds, strength=1.0, start=0.0, end=1.0, negative=None):
+    node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
+    return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, strength=strength,
+                        start_percent=start, end_percent=end, negative_audio_embeds=negative).result[0]
+
+
+def test_patched_unet_matches_diffusers_reference(comfy_model, adapter, reference_unet):
+    unet, tokens = reference_unet
+    x, t, ctx, e = _inputs(2)
+    with torch.no_grad():
+        base_ref = None
+        tokens["tokens"] = adapter.project(e)
+        ref = unet(x, t, encoder_hidden_states=ctx).sample
+        patched = _apply(comfy_model, adapter, e)
+        ours = _run_comfy(patched, x, t, ctx, [0])
+        plain = _run_comfy(comfy_model, x, t, ctx, [0])
+    scale = ref.abs().max()
+    # The adapter must matter at this scale, or the comparison proves nothing.
+    assert (ours - plain).abs().max() > 100 * 1e-4 * scale
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4 * max(1.0, float(scale)))
+    del base_ref
+
+
+def test_cond_and_uncond_chunks_get_audio_and_null_audio(comfy_model, adapter, reference_unet):
+    unet, tokens = reference_unet
+    x, t, ctx, e = _inputs(1, seed=3)
+    patched = _apply(comfy_model, adapter, e)
+    with torch.no_grad():
+        # ComfyUI batches [uncond, cond] as cond_or_uncond = [1, 0].
+        ours = _run_comfy(patched, torch.cat([x, x]), torch.cat([t, t]), torch.cat([ctx, ctx]), [1, 0])
+        tokens["tokens"] = adapter.null_tokens()
+        ref_uncond = unet(x, t, encoder_hidden_states=ctx).sample
+        tokens["tokens"] = adapter.project(e)
+        ref_cond = unet(x, t, encoder_hidden_states=ctx).sample
+    scale = max(1.0, float(ref_cond.abs().max()))
+    torch.testing.assert_close(ours[:1], ref_uncond, rtol=0, atol=1e-4 * scale)
+    torch.testing.assert_close(ours[1:], ref_cond, rtol=0, atol=1e-4 * scale)
+
+
+def _patch_of(model):
+    return [p for p in model.model_options["transformer_options"]["patches"]["attn2_output_patch"]
+            if isinstance(p, SonicAudioPatch)]
+
+
+def test_patch_fires_once_per_block_per_call(comfy_model, adapter):
+    x, t, ctx, e = _inputs(1)
+    patched = _apply(comfy_model, adapter, e)
+    (patch,) = _patch_of(patched)
+    patch.count_calls = True
+    _run_comfy(patched, x, t, ctx, [0])
+    assert patch.calls == {b.comfy_block: 1 for b in ADAPTER_BLOCKS}
+
+
+def test_strength_zero_and_outside_window_are_bitwise_noops(comfy_model, adapter):
+    x, t, ctx, e = _inputs(2, seed=5)
+    plain = _run_comfy(comfy_model, x, t, ctx, [0])
+    zero = _run_comfy(_apply(comfy_model, adapter, e, strength=0.0), x, t, ctx, [0])
+    assert torch.equal(zero, plain)
+    # t = 421 is mid-schedule: a window over the last 10% of sampling excludes it.
+    late = _apply(comfy_model, adapter, e, start=0.9, end=1.0)
+    assert torch.equal(_run_comfy(late, x, t, ctx, [0]), plain)
+    early = _apply(comfy_model, adapter, e, start=0.0, end=0.9)
+    assert not torch.equal(_run_comfy(early, x, t, ctx, [0]), plain)
+
+
+def test_input_model_is_never_modified(comfy_model, adapter):
+    x, t, ctx, e = _inputs(1, seed=7)
+    before = _run_comfy(comfy_model, x, t, ctx, [0])
+    options_before = copy.deepcopy(comfy_model.model_options)
+    patched = _apply(comfy_model, adapter, e)
+    _run_comfy(patched, x, t, ctx, [0])
+    assert comfy_model.model_options == options_before
+    assert "patches" not in comfy_model.model_options["transformer_options"]
+    assert torch.equal(_run_comfy(comfy_model, x, t, ctx, [0]), before)
+
+
+def test_fast_path_matches_plain_formula(comfy_model, adapter):
+    """The cached path (keys/values once per sampling, folded projections for the wide
+    blocks) against the module's plain formula, within 1e-4 in fp32."""
+    x, t, ctx, e = _inputs(2, seed=9)
+    for embeds in (e, e[:1]):
+        patched = _apply(comfy_model, adapter, embeds)
+        (patch,) = _patch_of(patched)
+        fast = _run_comfy(patched, x, t, ctx, [0])
+        patch.fast = False
+        plain = _run_comfy(patched, x, t, ctx, [0])
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * max(1.0, float(plain.abs().max())))
+
+
+def test_stacked_adapters_add_two_terms(comfy_model, adapter):
+    x, t, ctx, e = _inputs(1, seed=11)
+    once = _apply(comfy_model, adapter, e)
+    twice = _apply(once, adapter, e)
+    assert len(_patch_of(twice)) == 2 and len(_patch_of(once)) == 1
+    assert not torch.equal(_run_comfy(twice, x, t, ctx, [0]), _run_comfy(once, x, t, ctx, [0]))
+
+
+def test_wrong_batch_count_is_a_clear_error(comfy_model, adapter):
+    x, t, ctx, e = _inputs(3, seed=13)
+    patched = _apply(comfy_model, adapter, e[:2])
+    with pytest.raises(ValueError, match="2 audio embeddings for a batch of 3 latents"):
+        _run_comfy(patched, x, t, ctx, [0])

@@ -1,0 +1,54 @@
+"""The projector against an independent reference written from the spec's layer table."""
+import torch
+import torch.nn.functional as F
+
+from sonic_diffusion.checkpoints import build_adapter_model, gates_state, projector_state
+from sonic_diffusion.safe_load import load_weights_file
+
+
+def reference_projector(sd, e):
+    """spec section 4, written with functional ops on the raw state dict."""
+    w = lambda i, s="weight": sd[f"audio_emb_projection.{i}.{s}"]
+    x = e[:, None, :]
+    x = F.gelu(F.conv1d(x, w(0), w(0, "bias"), stride=1, padding=8))
+    x = F.gelu(F.conv1d(x, w(2), w(2, "bias"), stride=1, padding=8))
+    x = F.layer_norm(x, (77, 1024), w(4), w(4, "bias"))
+    x = F.gelu(F.conv1d(x, w(5), w(5, "bias"), stride=1, padding=8))
+    x = F.layer_norm(x, (77, 1024), w(7), w(7, "bias"))
+    x = F.gelu(F.conv_transpose1d(x, w(8), w(8, "bias"), stride=3, padding=7))
+    x = F.gelu(F.layer_norm(x, (77, 3072), w(10), w(10, "bias")))
+    p = F.conv1d(x, w(12), w(12, "bias"), stride=4, padding=7)
+    assert p.shape[1:] == (77, 768)
+    out = None
+    for i in range(4):
+        q = p @ sd[f"cross_attention.{i}.to_q_adapter.weight"].T
+        k = p @ sd[f"cross_attention.{i}.to_k_adapter.weight"].T
+        v = p @ sd[f"cross_attention.{i}.to_v_adapter.weight"].T
+        split = lambda t: t.view(t.shape[0], 77, 8, 40).transpose(1, 2)
+        att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 40 ** 0.5, dim=-1) @ split(v)
+        att = att.transpose(1, 2).reshape(p.shape[0], 77, 320)
+        hidden = F.gelu(att @ sd[f"between_attention.{i}.0.weight"].T + sd[f"between_attention.{i}.0.bias"])
+        # Official quirk: each layer reads p, so only the last one counts.
+        out = hidden @ sd[f"between_attention.{i}.2.weight"].T + sd[f"between_attention.{i}.2.bias"] + p
+    return out @ sd["to_out_adapter.0.weight"].T + sd["to_out_adapter.0.bias"]
+
+
+def test_projector_matches_reference(fixture_dir):
+    sd, _ = load_weights_file(fixture_dir.projector())
+    sd = {k: v.float() for k, v in sd.items()}
+    projector = projector_state(sd)
+    assert len(projector) == 46
+    gates, _ = load_weights_file(fixture_dir.gates())
+    model = build_adapter_model(projector, gates_state(gates))
+    e = torch.nn.functional.normalize(torch.randn(3, 1024, generator=torch.Generator().manual_seed(1)), dim=-1)
+    with torch.no_grad():
+        ours = model.projector(e)
+        literal = model.projector.forward_all_layers(e)
+        ref = reference_projector(sd, e)
+    assert ours.shape == (3, 77, 768)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours, literal, rtol=0, atol=0)
+    # Null audio tokens are not zero (biases and LayerNorms).
+    with torch.no_grad():
+        null = model.projector(torch.zeros(1, 1024))
+    assert null.abs().max() > 1e-3
