@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
+from .edit import SonicAudioEdit
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -11,6 +12,7 @@ NODES = [
     SonicAudioEmbedsMix,
     SonicAdapterLoader,
     SonicApplyAdapter,
+    SonicAudioEdit,
 ]
 
 

@@ -36,8 +36,6 @@ class SonicLoadAudio(io.ComfyNode):
             description="Loads an audio file from ComfyUI's input folder (wav, flac, mp3, ogg, m4a...) with PyAV, "
                         "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node.",
             inputs=[
-                io.Combo.Input("audio", options=_audio_files(), upload=io.UploadType.audio,
-                               tooltip="A file in ComfyUI's input folder; upload one with the button."),
                 io.Float.Input("start_time", default=0.0, min=0.0, max=1e6, step=0.1,
                                tooltip="Seconds to skip at the start of the file."),
                 io.Float.Input("duration", default=0.0, min=0.0, max=1e6, step=0.1,
@@ -45,6 +43,9 @@ class SonicLoadAudio(io.ComfyNode):
                 io.Float.Input("gain_db", default=0.0, min=-60.0, max=60.0, step=0.5,
                                tooltip="Volume change in dB. Gain changes the CLAP embedding (the paper's "
                                        "volume adjustment); no normalisation is applied."),
+                # Last, so the frontend's upload and preview widgets trail every other widget value.
+                io.Combo.Input("audio", options=_audio_files(), upload=io.UploadType.audio,
+                               tooltip="A file in ComfyUI's input folder; upload one with the button."),
             ],
             outputs=[io.Audio.Output()],
         )

@@ -17,6 +17,10 @@ import comfy.ldm.modules.attention as comfy_attention
 from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
 
 
+# transformer_options key: when true, every Sonic patch returns its input unchanged.
+AUDIO_OFF = "sonic_audio_off"
+
+
 class AudioBatchError(ValueError):
     """The audio embeddings cannot be matched to the latent batch."""
 
@@ -130,7 +134,8 @@ class SonicAudioPatch:
             return n
         if self.count_calls:
             self.calls[block.comfy_block] = self.calls.get(block.comfy_block, 0) + 1
-        if self.strength == 0.0 or not self._in_window(extra_options):
+        # AUDIO_OFF lets callers (DDIM inversion) run the plain UNet through a patched model.
+        if self.strength == 0.0 or extra_options.get(AUDIO_OFF) or not self._in_window(extra_options):
             return n
         x = self.capture.x
         if x is None or x.shape != n.shape:

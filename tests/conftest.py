@@ -7,7 +7,6 @@ at their top: the name is aliased to the copy of the package that ComfyUI loaded
 so tests and nodes share one set of classes and caches.
 """
 import asyncio
-import logging
 import os
 import sys
 import tempfile
@@ -17,25 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = Path(os.environ.get("SONIC_BUILD_DIR", ROOT / ".build"))
-HOST = Path(os.environ.get("SONIC_COMFYUI_DIR", BUILD / "comfyui"))
-PACK_DIR_NAME = "comfyui-sonicdiffusion"
+sys.path.insert(0, str(ROOT / "scripts"))
+import comfy_host  # noqa: E402
 
-if not (HOST / "comfy").is_dir():
-    raise RuntimeError(f"no ComfyUI tree at {HOST}: run scripts/setup_host.sh first (or scripts/run_tests.sh)")
-
+BUILD = comfy_host.BUILD
 # The base directory holds models/, input/, output/ and custom_nodes/ for this session.
 BASE = Path(tempfile.mkdtemp(prefix="sonic-comfy-base-"))
-for sub in ("custom_nodes", "input", "output", "temp", "user", "models"):
-    (BASE / sub).mkdir(parents=True, exist_ok=True)
-os.symlink(ROOT, BASE / "custom_nodes" / PACK_DIR_NAME)
-
-sys.path.insert(0, str(HOST))
-from comfy.cli_args import args  # noqa: E402  must precede every other comfy import
-
-args.cpu = True
-args.base_directory = str(BASE)
-args.disable_all_custom_nodes = False
 
 # An extra_model_paths.yaml as a user would have, applied before packs load (as main.py does):
 # the pack must extend the folder it names, never replace it.
@@ -44,27 +30,10 @@ EXTRA_SONIC_DIR.mkdir()
 _yaml = BASE / "extra_model_paths.yaml"
 _yaml.write_text(f"user_models:\n    base_path: {BASE}\n    sonic_diffusion: extra_sonic_models\n")
 
-import folder_paths  # noqa: E402
-import utils.extra_config  # noqa: E402
-
-utils.extra_config.load_extra_path_config(str(_yaml))
+PACK_MODULE = comfy_host.boot(BASE, extra_model_paths=_yaml)
 
 import execution  # noqa: E402
-import nodes  # noqa: E402
-import server  # noqa: E402,F401  (imported by the executor's progress handler)
-
-logging.getLogger().setLevel(logging.WARNING)
-asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-
-_pack_key = next((k for k in sys.modules if k.endswith(PACK_DIR_NAME)), None)
-if _pack_key is None:
-    raise RuntimeError("ComfyUI did not import the pack; see the log above for its import error")
-for _name in list(sys.modules):
-    if _name.startswith(_pack_key + ".sonic_diffusion"):
-        sys.modules["sonic_diffusion" + _name[len(_pack_key + ".sonic_diffusion"):]] = sys.modules[_name]
-PACK_MODULE = sys.modules[_pack_key]
-if "sonic_diffusion" not in sys.modules:
-    raise RuntimeError("the pack loaded but never imported its sonic_diffusion package")
+import folder_paths  # noqa: E402
 
 
 class _ServerStub:
