@@ -15,7 +15,22 @@ class WorkflowError(ValueError):
     pass
 
 
+_OBJECT_INFO = None
+
+
+def use_object_info(object_info):
+    """Reads node definitions from a server's /object_info answer instead of the
+    in-process host (the demo talks to a real server)."""
+    global _OBJECT_INFO
+    _OBJECT_INFO = object_info
+
+
 def _node_defs(class_type):
+    if _OBJECT_INFO is not None:
+        info = _OBJECT_INFO.get(class_type)
+        if info is None:
+            raise WorkflowError(f"unknown node type {class_type!r} (not registered in this ComfyUI)")
+        return info
     import nodes
 
     cls = nodes.NODE_CLASS_MAPPINGS.get(class_type)
@@ -26,7 +41,8 @@ def _node_defs(class_type):
 
 def input_specs(class_type):
     """[(name, type, options, required)] in definition order, as the frontend lays widgets."""
-    spec = _node_defs(class_type).INPUT_TYPES()
+    defs = _node_defs(class_type)
+    spec = defs["input"] if isinstance(defs, dict) else defs.INPUT_TYPES()
     out = []
     for section in ("required", "optional"):
         for name, entry in (spec.get(section) or {}).items():
@@ -37,7 +53,8 @@ def input_specs(class_type):
 
 
 def output_types(class_type):
-    return list(_node_defs(class_type).RETURN_TYPES)
+    defs = _node_defs(class_type)
+    return list(defs["output"] if isinstance(defs, dict) else defs.RETURN_TYPES)
 
 
 def is_widget(typ):

@@ -1,0 +1,171 @@
+"""The headless demo: starts the real ComfyUI server on loopback with this pack,
+queues the audio-to-image example workflow and saves the images.
+
+By default every model is a generated RANDOM stand-in (no weights can be
+downloaded here), so the images are noise-like. Point --models at a ComfyUI
+models folder holding the real files (see weights/README.md) to get real images.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_host  # noqa: E402
+import workflow_tools  # noqa: E402
+
+ROOT = comfy_host.ROOT
+WORKFLOW = ROOT / "workflows" / "sonic_audio_to_image.json"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port, path, data=None, timeout=30):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if data is not None else "GET",
+                                 data=json.dumps(data).encode() if data is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        body = r.read()
+    return body if path.startswith("/view") else json.loads(body)
+
+
+def stand_in_models(base):
+    """Generated random weights under the names the workflow uses."""
+    sys.path.insert(0, str(ROOT))
+    from sonic_diffusion import host
+
+    host.bootstrap(cpu=True)
+    from sonic_diffusion.fixtures import FixtureSet
+
+    fs = FixtureSet(comfy_host.BUILD / "fixtures")
+    files = {
+        ("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"): fs.full_checkpoint(clip=True, vae=True),
+        ("audio_encoders", "CLAP_weights_2022.pth"): fs.clap(),
+        ("sonic_diffusion", "landscape.pt"): fs.gates(),
+        ("sonic_diffusion", "audio_projector_landscape.pth"): fs.projector(),
+    }
+    for (folder, name), src in files.items():
+        dest = base / "models" / folder / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            os.symlink(src, dest)
+    return fs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help="a ComfyUI models folder with the REAL weights (read only); default: random stand-ins")
+    ap.add_argument("--audio", help="an audio file to use (default: a generated thunder-like noise clip)")
+    ap.add_argument("--out", default=str(ROOT / "demo_output"), help="where the images go (default: demo_output/)")
+    ap.add_argument("--size", type=int, default=128, help="image size (default 128: a CPU is slow)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="sonic-demo-"))
+    for sub in ("custom_nodes", "input", "output", "models"):
+        (base / sub).mkdir()
+    os.symlink(ROOT, base / "custom_nodes" / comfy_host.PACK_DIR_NAME)
+    extra = []
+    if args.models:
+        yaml = base / "extra_model_paths.yaml"
+        m = Path(args.models).resolve()
+        folders = ["checkpoints", "audio_encoders", "sonic_diffusion", "loras", "controlnet", "vae"]
+        yaml.write_text("real_models:\n" + "".join(f"    {f}: {m / f}\n" for f in folders))
+        extra = ["--extra-model-paths-config", str(yaml)]
+        print(f"[demo] using the real weights in {m}")
+    fs = stand_in_models(base) if not args.models else None
+    audio = Path(args.audio) if args.audio else fs.audio("noise_stereo_48k_10s_f32.wav") if fs else None
+    if audio is None:
+        sys.exit("[demo] give --audio FILE together with --models")
+    shutil.copy(audio, base / "input" / "sonic_example_thunder.wav")
+
+    port = free_port()
+    log = open(base / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra],
+        cwd=comfy_host.HOST, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        print(f"[demo] ComfyUI server starting on 127.0.0.1:{port} (log: {base / 'server.log'})")
+        for _ in range(240):
+            try:
+                object_info = http(port, "/object_info")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if server.poll() is not None:
+                    sys.exit(f"[demo] the server exited; see {base / 'server.log'}")
+                time.sleep(0.5)
+        else:
+            sys.exit("[demo] the server did not come up in 120 s")
+        missing = [n for n in ("SonicApplyAdapter", "SonicAudioEncode") if n not in object_info]
+        if missing:
+            sys.exit(f"[demo] the pack's nodes are not registered ({missing}); see {base / 'server.log'}")
+        workflow_tools.use_object_info(object_info)
+        prompt = workflow_tools.ui_to_api(workflow_tools.load(WORKFLOW))
+        for node in prompt.values():
+            if node["class_type"] == "EmptyLatentImage":
+                node["inputs"].update(width=args.size, height=args.size)
+            if node["class_type"] == "KSampler":
+                node["inputs"].update(steps=args.steps, seed=args.seed)
+        client = str(uuid.uuid4())
+        try:
+            answer = http(port, "/prompt", {"prompt": prompt, "client_id": client})
+        except urllib.error.HTTPError as e:
+            sys.exit(f"[demo] the server refused the workflow: {e.read().decode()[:2000]}")
+        pid = answer["prompt_id"]
+        print(f"[demo] queued {WORKFLOW.name} as {pid}; sampling {args.steps} steps at {args.size}x{args.size} on the CPU")
+        t0 = time.time()
+        while True:
+            hist = http(port, f"/history/{pid}")
+            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+                entry = hist[pid]
+                if entry["status"].get("status_str") == "error":
+                    msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+                    sys.exit(f"[demo] the workflow failed: {msgs[0][1].get('exception_message') if msgs else entry}")
+                if entry.get("outputs"):
+                    break
+            if server.poll() is not None:
+                sys.exit(f"[demo] the server died; see {base / 'server.log'}")
+            time.sleep(1.0)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for node_out in entry["outputs"].values():
+            for img in node_out.get("images", []):
+                q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img["subfolder"], "type": img["type"]})
+                dest = out / img["filename"]
+                dest.write_bytes(http(port, f"/view?{q}"))
+                saved.append(dest)
+        print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
+        if not args.models:
+            print("[demo] NOTE: these images come from RANDOM stand-in weights generated here, so they look like noise.\n"
+                  "[demo] For real images: put v1-5-pruned-emaonly-fp16.safetensors (models/checkpoints), "
+                  "CLAP_weights_2022.pth (models/audio_encoders),\n"
+                  "[demo] landscape.pt and audio_projector_landscape.pth (models/sonic_diffusion) in a models folder and run\n"
+                  "[demo]   bash scripts/demo.sh --models /path/to/ComfyUI/models --audio my_sound.wav")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
