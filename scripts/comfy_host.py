@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +48,96 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
     if "sonic_diffusion" not in sys.modules:
         raise RuntimeError("the pack loaded but never imported its sonic_diffusion package")
     return sys.modules[key]
+
+
+class _ServerStub:
+    """What PromptExecutor needs of PromptServer: a sink for its messages."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+class GraphError(RuntimeError):
+    def __init__(self, message, details=None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+class GraphRun:
+    def __init__(self, executor, prompt):
+        self.executor = executor
+        self.prompt = prompt
+
+    def outputs(self, node_id):
+        """The node's output tuple, read from the executor's output cache."""
+        entry = self.executor.caches.outputs.get(str(node_id))
+        if entry is None:
+            raise KeyError(f"node {node_id} has no cached output")
+        outs = entry.outputs if hasattr(entry, "outputs") else entry
+        return [o[0] if isinstance(o, list) and len(o) == 1 else o for o in outs]
+
+    def ui(self, node_id):
+        return self.executor.history_result["outputs"].get(str(node_id))
+
+
+class Host:
+    """Runs API-format graphs through ComfyUI's validator and executor (after boot)."""
+
+    def __init__(self):
+        self.server = _ServerStub()
+        self.new_executor()
+
+    def new_executor(self):
+        import execution
+
+        self.executor = execution.PromptExecutor(
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+        return self.executor
+
+    def validate(self, prompt):
+        import execution
+
+        return asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run(self, prompt, expect_error=False):
+        prompt = {str(k): v for k, v in prompt.items()}
+        ok, error, outputs, node_errors = self.validate(prompt)
+        if not ok:
+            if expect_error:
+                raise GraphError(f"invalid prompt: {error} {node_errors}", {"error": error, "node_errors": node_errors})
+            raise GraphError(f"invalid prompt: {error} {node_errors}")
+        self.server.messages.clear()
+        self.executor.execute(prompt, str(uuid.uuid4()), {}, outputs)
+        if not self.executor.success:
+            errs = [d for (ev, d) in self.executor.status_messages if ev in ("execution_error", "execution_interrupted")]
+            msg = errs[0].get("exception_message", str(errs[0])) if errs else "unknown failure"
+            raise GraphError(msg, errs[0] if errs else {})
+        return GraphRun(self.executor, prompt)
+
+    def link_model(self, folder, src, name=None):
+        """Symlinks a file into the first path of models/<folder>/ so loaders list it."""
+        import folder_paths
+
+        src = Path(src)
+        dest_dir = Path(folder_paths.get_folder_paths(folder)[0])
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / (name or src.name)
+        if not dest.exists():
+            os.symlink(src, dest)
+        folder_paths.filename_list_cache.clear() if hasattr(folder_paths, "filename_list_cache") else None
+        return dest.name
+
+    def put_input(self, src, name=None):
+        import folder_paths
+
+        src = Path(src)
+        dest = Path(folder_paths.get_input_directory()) / (name or src.name)
+        if not dest.exists():
+            os.symlink(src, dest)
+        return dest.name

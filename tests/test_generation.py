@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from graphs import audio_graph  # noqa: F401  (shared with the benchmarks)
+
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"
 
@@ -16,44 +18,6 @@ def names(host, fixture_dir):
         "a": host.put_input(fixture_dir.audio(AUDIO_A)),
         "b": host.put_input(fixture_dir.audio(AUDIO_B)),
     }
-
-
-def audio_graph(n, audio=None, seed=1, batch=1, ratios=None, stack=False, strength=1.0, prompt=""):
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["ckpt"]}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": n["clap"]}},
-        "load_a": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio or n["a"], "start_time": 0.0,
-                                                             "duration": 0.0, "gain_db": 0.0}},
-        "enc_a": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load_a", 0],
-                                                               "window": "center", "offset": 0.0}},
-        "adapter": {"class_type": "SonicAdapterLoader", "inputs": {"adapter_name": n["gates"], "projector_name": n["proj"]}},
-        "apply": {"class_type": "SonicApplyAdapter", "inputs": {"model": ["ckpt", 0], "sonic_adapter": ["adapter", 0],
-                                                                "audio_embeds": ["enc_a", 0], "strength": strength,
-                                                                "start_percent": 0.0, "end_percent": 1.0}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
-        "ks": {"class_type": "KSampler", "inputs": {"model": ["apply", 0], "seed": seed, "steps": 2, "cfg": 5.0,
-                                                    "sampler_name": "euler", "scheduler": "normal",
-                                                    "positive": ["pos", 0], "negative": ["neg", 0],
-                                                    "latent_image": ["latent", 0], "denoise": 1.0}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
-        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
-    if ratios is not None:
-        g["load_b"] = {"class_type": "SonicLoadAudio", "inputs": {"audio": n["b"], "start_time": 0.0,
-                                                                  "duration": 0.0, "gain_db": 0.0}}
-        g["enc_b"] = {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load_b", 0],
-                                                                   "window": "center", "offset": 0.0}}
-        g["mix"] = {"class_type": "SonicAudioEmbedsMix", "inputs": {"embeds_a": ["enc_a", 0], "embeds_b": ["enc_b", 0],
-                                                                    "mode": "slerp", "ratio": 0.5, "ratios": ratios}}
-        g["apply"]["inputs"]["audio_embeds"] = ["mix", 0]
-    if stack:
-        g["apply2"] = {"class_type": "SonicApplyAdapter", "inputs": {"model": ["apply", 0], "sonic_adapter": ["adapter", 0],
-                                                                     "audio_embeds": ["enc_a", 0], "strength": 1.0,
-                                                                     "start_percent": 0.0, "end_percent": 1.0}}
-        g["ks"]["inputs"]["model"] = ["apply2", 0]
-    return g
 
 
 def image(host, graph):
