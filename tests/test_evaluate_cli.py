@@ -1,0 +1,180 @@
+"""The evaluation CLI end to end on random-weight models in their real formats:
+tiny transformers CLIPs, a Wav2CLIP.pt-format state dict, torch-fidelity's FID Inception."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sonic_diffusion.evaluate import testing
+from sonic_diffusion.evaluate.cli import main
+from sonic_diffusion.evaluate.wav2clip import Wav2ClipWeightsError, load_wav2clip
+from sonic_diffusion.fixtures import write_audio
+
+CLASSES = ("rain", "thunder", "wind")
+N = 6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return testing.model_folder(tmp_path_factory.mktemp("eval-models"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-data")
+    rng = np.random.default_rng(0)
+    for d in ("audio", "ref"):
+        (root / d).mkdir()
+    rows = ["stem,class"]
+    t = np.arange(8000) / 16000  # 0.5 s
+    for i in range(N):
+        stem = f"clip{i:02d}"
+        wave = 0.3 * np.sin(2 * np.pi * (150 + 120 * i) * t) + 0.05 * rng.standard_normal(t.shape)
+        write_audio(root / "audio" / f"{stem}.wav", wave.astype(np.float32)[None], 16000, "wav16")
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "ref" / f"{stem}.png")
+        rows.append(f"{stem},{CLASSES[i % 3]}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _args(dataset, models, gen, out, *extra):
+    return ["--generated", str(gen), "--audio", str(dataset / "audio"), "--reference", str(dataset / "ref"),
+            "--labels", str(dataset / "labels.csv"), "--models-dir", str(models["clip_b32"].parent),
+            "--cache-dir", str(dataset / "cache"), "--out", str(out), "--no-progress", *extra]
+
+
+def test_cli_writes_table_and_json_and_reuses_the_cache(dataset, models, tmp_path, capsys):
+    gen = tmp_path / "gen"
+    shutil.copytree(dataset / "ref", gen)  # generated == ground truth
+    out = tmp_path / "res.json"
+    assert main(_args(dataset, models, gen, out, "--distractors", "3", "--seed", "7")) == 0
+    table = capsys.readouterr().out
+    for name in ("AIS", "IIS", "AIC", "FID"):
+        assert f"\n{name} " in table
+    res = json.loads(out.read_text())
+    assert res["n_items"] == N and res["n_distractors"] == 3 and res["n_dataset"] == N
+    # Each image is its own ground truth: it beats every distractor, and FID against itself is 0.
+    assert res["metrics"]["IIS"] == 1.0
+    assert abs(res["metrics"]["FID"]) < 1e-3
+    assert 0.0 <= res["metrics"]["AIS"] <= 1.0 and 0.0 <= res["metrics"]["AIC"] <= 1.0
+    assert res["metric_info"]["AIC"]["classes"] == list(CLASSES)
+    assert res["metric_info"]["AIC"]["template"] == "a photo of {class}"
+    sets = res["distractors"]["sets"]
+    assert res["distractors"]["seed"] == 7 and sorted(sets) == [f"clip{i:02d}" for i in range(N)]
+    assert all(len(v) == 3 and s not in v for s, v in sets.items())
+    # The reported numbers are the means of the per-item values.
+    items = res["per_item"].values()
+    assert res["metrics"]["AIS"] == pytest.approx(np.mean([v["ais"] for v in items]))
+    assert res["metrics"]["AIC"] == pytest.approx(np.mean([v["correct"] for v in items]))
+    assert sum(res["cache"]["computed"].values()) > 0
+
+    # Second run: nothing new to compute, same numbers, same distractors.
+    assert main(_args(dataset, models, gen, out, "--distractors", "3", "--seed", "7")) == 0
+    again = json.loads(out.read_text())
+    assert sum(again["cache"]["computed"].values()) == 0
+    assert again["metrics"] == res["metrics"] and again["distractors"]["sets"] == sets
+
+
+def test_a_grown_folder_only_computes_the_new_files(dataset, models, tmp_path, capsys):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    rng = np.random.default_rng(1)
+
+    def add(i):  # a noisy copy of the reference: new content, new cache entries
+        ref = np.asarray(Image.open(dataset / "ref" / f"clip{i:02d}.png"), dtype=np.int16)
+        noisy = np.clip(ref + rng.integers(-20, 21, ref.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(gen / f"clip{i:02d}.png")
+
+    for i in range(4):
+        add(i)
+    out = tmp_path / "res.json"
+    assert main(_args(dataset, models, gen, out, "--distractors", "0")) == 0
+    first = json.loads(out.read_text())
+    assert first["n_items"] == 4 and first["n_distractors"] == N - 1
+    for i in (4, 5):
+        add(i)
+    assert main(_args(dataset, models, gen, out, "--distractors-from", str(tmp_path / "res.json"))) == 0
+    res = json.loads(out.read_text())
+    comp = res["cache"]["computed"]
+    assert res["n_items"] == N
+    assert comp["CLIP ViT-B/32 images"] == 2 and comp["CLIP ViT-L/14 images"] == 2
+    assert comp["Inception generated"] == 2
+    assert comp["Wav2CLIP audio"] == 0 and comp["CLIP ViT-L/14 references"] == 0
+    assert comp["Inception references"] == 0 and comp["CLIP ViT-L/14 prompts"] == 0
+    assert res["distractors"]["reused_from_file"] == 4
+    for s in first["per_item"]:  # old items keep their scores
+        assert res["per_item"][s] == first["per_item"][s]
+    # The table's FID grows when the generated set is pushed away from the references.
+    assert res["metrics"]["FID"] > 1e-3
+    capsys.readouterr()
+
+
+def test_missing_models_are_named_with_their_source(dataset, tmp_path, capsys):
+    args = ["--generated", str(dataset / "ref"), "--audio", str(dataset / "audio"), "--reference",
+            str(dataset / "ref"), "--labels", str(dataset / "labels.csv"), "--models-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Wav2CLIP.pt" in err and "lyrebird-wav2clip" in err
+    assert "openai/clip-vit-base-patch32" in err and "openai/clip-vit-large-patch14" in err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and "--inception" in err
+
+
+def test_wav2clip_matches_the_published_package(tmp_path):
+    w2c = pytest.importorskip("wav2clip.model.encoder")
+    path = testing.random_wav2clip(tmp_path / "Wav2CLIP.pt", seed=3)
+    theirs = w2c.ResNetExtractor(checkpoint=torch.load(path), scenario="frozen", transform=True)
+    ours = load_wav2clip(path)
+    g = torch.Generator().manual_seed(0)
+    for n in (700, 16000):
+        x = torch.randn(1, n, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    sd = torch.load(path)
+    del sd["audio_encoder.layer3.0.conv1.weight"]
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(Wav2ClipWeightsError, match="layer3.0.conv1.weight"):
+        load_wav2clip(tmp_path / "broken.pt")
+
+
+def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_dir, dataset, models, tmp_path,
+                                                                capsys):
+    names = ["tone440_mono_44k_3s.wav", "noise_stereo_48k_10s_f32.wav"]
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    (data / "ref").mkdir()
+    rng = np.random.default_rng(2)
+    for n in names:
+        shutil.copy(fixture_dir.audio(n), data / "audio" / n)
+        stem = n.rsplit(".", 1)[0]
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / "ref" / f"{stem}.png")
+    (data / "labels.csv").write_text("".join(f"{n.rsplit('.', 1)[0]},{c}\n" for n, c in zip(names, CLASSES)))
+    gen = tmp_path / "gen"
+    args = ["--generated", str(gen), "--audio", str(data / "audio"), "--reference", str(data / "ref"),
+            "--labels", str(data / "labels.csv"), "--models-dir", str(models["clip_b32"].parent),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--audio-seconds", "1", "--generate",
+            "--checkpoint", str(fixture_dir.full_checkpoint(clip=True, vae=True)),
+            "--adapter", str(fixture_dir.gates()), "--projector", str(fixture_dir.projector()),
+            "--clap", str(fixture_dir.clap()), "--steps", "1", "--width", "64", "--height", "64"]
+    assert main(args) == 0
+    res = json.loads((gen / "evaluation.json").read_text())
+    assert res["generation"]["rendered"] == 2 and res["n_items"] == 2
+    record = json.loads((gen / "generation.json").read_text())
+    seeds = {s: v["seed"] for s, v in record["images"].items()}
+    for n in names:
+        img = Image.open(gen / f"{n.rsplit('.', 1)[0]}.png")
+        assert img.size == (64, 64)
+    a, b = (np.asarray(Image.open(gen / f"{n.rsplit('.', 1)[0]}.png")) for n in names)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0
+    assert set(res["metrics"]) == {"AIS", "IIS", "AIC", "FID"}
+    # Same settings again: the images are kept, nothing is rendered or embedded anew.
+    assert main(args) == 0
+    res = json.loads((gen / "evaluation.json").read_text())
+    assert res["generation"] == dict(res["generation"], rendered=0, kept=2)
+    assert sum(res["cache"]["computed"].values()) == 0
+    assert {s: v["seed"] for s, v in json.loads((gen / "generation.json").read_text())["images"].items()} == seeds
+    # Other settings on the same folder are refused without --overwrite.
+    assert main(args[:-1] + ["32"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
