@@ -1,0 +1,148 @@
+"""Stage 1 (projector) end to end on generated data: overfitting, the output loads in
+Sonic Adapter Loader, resume equivalence, atomic checkpoints, two-process DDP.
+
+The CLAP fixture and the reduced SD1.5 checkpoint (full CLIP-L) give real features;
+features are cached once for the module, so later runs load neither model."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nodes
+
+from sonic_diffusion.train import cli
+from sonic_diffusion.train.checkpoint import latest_state, state_path, weights_path
+from sonic_diffusion.train.synthetic import make_pairs, write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, fixture_dir):
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("s1data")
+    data = make_pairs(root / "data", n=6)
+    # One unreadable pair: skipped and counted, never a crash.
+    (data / "zz_bad.wav").write_bytes(b"not audio at all")
+    write_png(data / "zz_bad.png", np.random.default_rng(3))
+    return {"data": data, "cache": root / "cache", "root": root,
+            "ckpt": fixture_dir.reduced_checkpoint(), "clap": fixture_dir.clap()}
+
+
+def _args(s, out, *extra):
+    return ["stage1", "--data", str(s["data"]), "--out", str(out), "--checkpoint", str(s["ckpt"]),
+            "--clap", str(s["clap"]), "--cache", str(s["cache"]), "--quiet", "--log-every", "1", *extra]
+
+
+def _run(s, out, *extra):
+    return cli.cmd_train(cli.build_parser().parse_args(_args(s, out, *extra)))
+
+
+def _log(out):
+    with open(Path(out) / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _same(a, b):
+    a, b = load_file(str(a)), load_file(str(b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage1_overfits_and_loads_in_adapter_loader(setup, host, fixture_dir):
+    out = setup["root"] / "overfit"
+    summary = _run(setup, out, "--steps", "8", "--batch-size", "4", "--lr", "1e-3", "--repeat-first-batch")
+    rows = _log(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.5 * first, (first, last)
+    assert float(rows[0]["nce"]) > 0 and float(rows[0]["mse"]) > 0
+    task = summary["task"]
+    assert task.n_items == 6  # the unreadable pair was skipped
+    # The result is an official-layout projector: it loads beside the official gates.
+    proj = host.link_model("sonic_diffusion", out / "projector.safetensors", name="trained_stage1_projector.safetensors")
+    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
+    adapter = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
+    trained = load_file(str(out / "projector.safetensors"))
+    for k, v in adapter.model.projector.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+
+
+def test_refuses_to_overwrite_without_flag(setup):
+    out = setup["root"] / "overfit"
+    before = (out / "projector.safetensors").read_bytes()
+    assert cli.main(_args(setup, out, "--steps", "1")) == 2
+    assert (out / "projector.safetensors").read_bytes() == before
+
+
+def test_resume_equivalence_and_atomic_save(setup, monkeypatch):
+    common = ("--steps", "4", "--batch-size", "2", "--lr", "1e-3", "--save-every", "2", "--keep-checkpoints", "0")
+    full = setup["root"] / "full"
+    _run(setup, full, *common)
+
+    # Interrupted: the weights write of step 4 dies halfway through.
+    import safetensors.torch as st
+
+    real = st.save_file
+    calls = {"n": 0}
+
+    def dying_save(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if "step_00000004" in str(Path(filename).name) or ".step_00000004" in str(filename):
+            with open(filename, "wb") as f:
+                f.write(b"half a file")
+            raise KeyboardInterrupt("simulated crash mid-save")
+        return real(tensors, filename, metadata=metadata)
+
+    part = setup["root"] / "part"
+    monkeypatch.setattr(st, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(setup, part, *common)
+    monkeypatch.setattr(st, "save_file", real)
+    # The previous checkpoint is intact and the newest; nothing half-written is left.
+    assert latest_state(part) == (2, state_path(part, 2))
+    assert not weights_path(part, 4).exists() and not state_path(part, 4).exists()
+    assert not [p for p in (part / "checkpoints").iterdir() if p.name.startswith(".")]
+    load_file(str(weights_path(part, 2)))
+    assert not (part / "projector.safetensors").exists()
+
+    _run(setup, part, *common, "--resume")
+    assert _same(full / "projector.safetensors", part / "projector.safetensors")
+    assert [r["step"] for r in _log(part)] == [r["step"] for r in _log(full)]
+
+    # Stopped cleanly after N/2 steps, then resumed to N: the same result.
+    half = setup["root"] / "half"
+    _run(setup, half, *common[2:], "--steps", "2")
+    _run(setup, half, *common[2:], "--steps", "4", "--resume")
+    assert _same(full / "projector.safetensors", half / "projector.safetensors")
+
+
+def test_two_process_gloo_matches_one_process_with_double_batch(setup):
+    """torchrun, 2 CPU processes x batch 2 vs 1 process x batch 4: the same first update.
+    Plain SGD with lr 1 makes the update the averaged gradient itself (Adam's first step,
+    lr * g / (|g| + eps), would amplify float summation-order noise where |g| ~ eps)."""
+    one, two = setup["root"] / "ddp1", setup["root"] / "ddp2"
+    common = ["--steps", "1", "--optimizer", "sgd", "--lr", "1", "--negatives", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    r = subprocess.run(base + ["2", "-m", "sonic_diffusion.train"] + _args(setup, two, "--batch-size", "2", *common),
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"world_size": 2' in (two / "run.json").read_text()
+    _run(setup, one, "--batch-size", "4", *common)
+    from sonic_diffusion.projector import AudioProjector, init_projector_weights
+
+    init = init_projector_weights(AudioProjector().float(), torch.Generator().manual_seed(0)).state_dict()
+    a, b = load_file(str(one / "projector.safetensors")), load_file(str(two / "projector.safetensors"))
+    moved = 0
+    for k in a:
+        da, db = a[k] - init[k], b[k] - init[k]
+        scale = float(da.abs().max())
+        torch.testing.assert_close(db, da, rtol=1e-3, atol=1e-4 * scale + 2e-7 * float(init[k].abs().max()), msg=k)
+        moved += scale > 0
+    assert moved > 10  # a real update, not two no-ops
