@@ -79,8 +79,8 @@ class SonicApplyAdapter(io.ComfyNode):
                         "cross-attention. Positive prompts get the audio, negative prompts the null (or negative) "
                         "audio. Works with every stock sampler, LoRA and ControlNet.",
             inputs=[
-                io.Model.Input("model"),
-                SonicAdapterType.Input("sonic_adapter"),
+                io.Model.Input("model", tooltip="An SD 1.x MODEL; it is cloned, never changed."),
+                SonicAdapterType.Input("sonic_adapter", tooltip="From Sonic Adapter Loader."),
                 SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic). One embedding serves "
                                        "every latent; B embeddings map one-to-one onto B latents."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,

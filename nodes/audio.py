@@ -115,7 +115,7 @@ class SonicAudioEncode(io.ComfyNode):
             description="Turns AUDIO into MS-CLAP 2022 embeddings [B,1024] with the official preprocessing: mono, "
                         "44.1 kHz, exactly 10 s (shorter clips are repeated, longer ones windowed).",
             inputs=[
-                SonicAudioEncoderType.Input("audio_encoder"),
+                SonicAudioEncoderType.Input("audio_encoder", tooltip="From Audio Encoder Loader (Sonic): the MS-CLAP 2022 audio tower."),
                 io.Audio.Input("audio", tooltip="From Load Audio (Sonic) or core Load Audio; a batch of B clips "
                                                 "gives B embeddings."),
                 io.Combo.Input("window", options=["center", "start", "offset"], default="center",
@@ -153,9 +153,10 @@ class SonicAudioEmbedsMix(io.ComfyNode):
             description="Mixes two audio embeddings (the paper's sound interpolation): lerp or slerp at a ratio, "
                         "a series of ratios as a batch, or a weighted sum. The result is re-normalised.",
             inputs=[
-                SonicAudioEmbeds.Input("embeds_a"),
-                SonicAudioEmbeds.Input("embeds_b"),
-                io.Combo.Input("mode", options=["slerp", "lerp", "weighted_sum"], default="slerp"),
+                SonicAudioEmbeds.Input("embeds_a", tooltip="First audio embedding (ratio 0)."),
+                SonicAudioEmbeds.Input("embeds_b", tooltip="Second audio embedding (ratio 1)."),
+                io.Combo.Input("mode", options=["slerp", "lerp", "weighted_sum"], default="slerp",
+                               tooltip="slerp (spherical), lerp (straight line) or weighted_sum (uses weight_a and weight_b)."),
                 io.Float.Input("ratio", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="0 gives embeds_a, 1 gives embeds_b (lerp and slerp)."),
                 io.String.Input("ratios", default="", optional=True,

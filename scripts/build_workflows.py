@@ -17,10 +17,12 @@ SD15 = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoint
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors"}
 CLAP = {"name": "CLAP_weights_2022.pth", "directory": "audio_encoders",
         "url": "https://huggingface.co/microsoft/msclap/resolve/main/CLAP_weights_2022.pth"}
+# The authors link their weights from the repository's README; the anchors keep the two
+# URLs distinct (the frontend checks models by URL).
 ADAPTER = {"name": "landscape.pt", "directory": "sonic_diffusion",
-           "url": "https://github.com/BurakCanBiner/SonicDiffusion"}
+           "url": "https://github.com/BurakCanBiner/SonicDiffusion#landscape.pt"}
 PROJECTOR = {"name": "audio_projector_landscape.pth", "directory": "sonic_diffusion",
-             "url": "https://github.com/BurakCanBiner/SonicDiffusion"}
+             "url": "https://github.com/BurakCanBiner/SonicDiffusion#audio_projector_landscape.pth"}
 LORA = {"name": "lcm-lora-sdv1-5.safetensors", "directory": "loras",
         "url": "https://huggingface.co/latent-consistency/lcm-lora-sdv1-5/resolve/main/pytorch_lora_weights.safetensors"}
 CONTROLNET = {"name": "control_v11p_sd15_canny_fp16.safetensors", "directory": "controlnet",
@@ -92,60 +94,60 @@ def audio_to_image(g, prompt="", ratios=None, lora=False, controlnet=False, batc
     model_out, clip_out = (ckpt, 0), (ckpt, 1)
     if lora:
         lo = g.add("LoraLoader", {"lora_name": LORA["name"], "strength_model": 1.0, "strength_clip": 1.0},
-                   (0, 220), models=[LORA])
+                   (0, 300), models=[LORA])
         g.link(ckpt, 0, lo, "model")
         g.link(ckpt, 1, lo, "clip")
         model_out, clip_out = (lo, 0), (lo, 1)
-    pos = g.add("CLIPTextEncode", {"text": prompt}, (380, 0), title="Prompt (empty = audio only)")
-    neg = g.add("CLIPTextEncode", {"text": ""}, (380, 220), title="Negative prompt")
+    pos = g.add("CLIPTextEncode", {"text": prompt}, (420, 0), title="Prompt (empty = audio only)")
+    neg = g.add("CLIPTextEncode", {"text": ""}, (420, 260), title="Negative prompt")
     g.link(*clip_out, pos, "clip")
     g.link(*clip_out, neg, "clip")
-    enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": CLAP["name"]}, (0, 440), models=[CLAP])
-    audio_a = g.add("SonicLoadAudio", {"audio": AUDIO_A}, (0, 600))
-    encode_a = g.add("SonicAudioEncode", {}, (380, 500))
+    enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": CLAP["name"]}, (0, 560), models=[CLAP])
+    audio_a = g.add("SonicLoadAudio", {"audio": AUDIO_A}, (0, 720))
+    encode_a = g.add("SonicAudioEncode", {}, (420, 560))
     g.link(enc_loader, 0, encode_a, "audio_encoder")
     g.link(audio_a, 0, encode_a, "audio")
     embeds = (encode_a, 0)
     if ratios:
-        audio_b = g.add("SonicLoadAudio", {"audio": AUDIO_B}, (0, 820))
-        encode_b = g.add("SonicAudioEncode", {}, (380, 720))
+        audio_b = g.add("SonicLoadAudio", {"audio": AUDIO_B}, (0, 1040))
+        encode_b = g.add("SonicAudioEncode", {}, (420, 800))
         g.link(enc_loader, 0, encode_b, "audio_encoder")
         g.link(audio_b, 0, encode_b, "audio")
-        mix = g.add("SonicAudioEmbedsMix", {"mode": "slerp", "ratios": ratios}, (740, 620))
+        mix = g.add("SonicAudioEmbedsMix", {"mode": "slerp", "ratios": ratios}, (840, 800))
         g.link(encode_a, 0, mix, "embeds_a")
         g.link(encode_b, 0, mix, "embeds_b")
         embeds = (mix, 0)
     adapter = g.add("SonicAdapterLoader", {"adapter_name": ADAPTER["name"], "projector_name": PROJECTOR["name"]},
-                    (380, 940), models=[ADAPTER, PROJECTOR])
-    apply = g.add("SonicApplyAdapter", {}, (1100, 300))
+                    (420, 1040), models=[ADAPTER, PROJECTOR])
+    apply = g.add("SonicApplyAdapter", {}, (1260, 560))
     g.link(*model_out, apply, "model")
     g.link(adapter, 0, apply, "sonic_adapter")
     g.link(*embeds, apply, "audio_embeds")
     positive, negative = (pos, 0), (neg, 0)
     if controlnet:
-        cn = g.add("ControlNetLoader", {"control_net_name": CONTROLNET["name"]}, (740, 900), models=[CONTROLNET])
-        image = g.add("LoadImage", {"image": CONTROL_IMAGE}, (740, 1060))
-        canny = g.add("Canny", {}, (1100, 1060))
+        cn = g.add("ControlNetLoader", {"control_net_name": CONTROLNET["name"]}, (840, 1100), models=[CONTROLNET])
+        image = g.add("LoadImage", {"image": CONTROL_IMAGE}, (840, 1280))
+        canny = g.add("Canny", {}, (1260, 1280))
         g.link(image, 0, canny, "image")
-        cna = g.add("ControlNetApplyAdvanced", {"strength": 0.8}, (1100, 700))
+        cna = g.add("ControlNetApplyAdvanced", {"strength": 0.8}, (1260, 260))
         g.link(pos, 0, cna, "positive")
         g.link(neg, 0, cna, "negative")
         g.link(cn, 0, cna, "control_net")
         g.link(canny, 0, cna, "image")
         positive, negative = (cna, 0), (cna, 1)
-    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": batch}, (740, 440))
+    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": batch}, (840, 560))
     sampler_widgets = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     if lora:
         sampler_widgets.update({"steps": 8, "cfg": 1.5, "sampler_name": "lcm", "scheduler": "sgm_uniform"})
-    ks = g.add("KSampler", sampler_widgets, (1460, 0))
+    ks = g.add("KSampler", sampler_widgets, (1680, 0))
     g.link(apply, 0, ks, "model")
     g.link(*positive, ks, "positive")
     g.link(*negative, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
-    dec = g.add("VAEDecode", {}, (1820, 0))
+    dec = g.add("VAEDecode", {}, (2100, 0))
     g.link(ks, 0, dec, "samples")
     g.link(ckpt, 2, dec, "vae")
-    save = g.add("SaveImage", {"filename_prefix": "sonic"}, (2080, 0))
+    save = g.add("SaveImage", {"filename_prefix": "sonic"}, (2100, 200))
     g.link(dec, 0, save, "images")
     return g
 
