@@ -1,0 +1,439 @@
+"""The example workflows in the real ComfyUI web UI, in headless Chromium.
+
+Starts the host's ComfyUI server (0.3.75, web UI from the PyPI package
+comfyui-frontend-package) on 127.0.0.1 with this pack, generated stand-in weights
+under the names the workflows list in properties.models, and the input files they
+use. Opens the page in Debian's chromium through Playwright (no browser download;
+every request that is not to the loopback server is blocked), drops every
+workflow file onto the canvas as a user would, and checks:
+- no missing-node / missing-model dialog (a deliberately broken workflow shows them);
+- every node is a registered type and its widgets hold the file's values;
+- the Run (Queue) button queues the graph and an image lands in the history;
+- each node's help page is served where the frontend looks for it.
+Screenshots of the loaded workflows go to docs/screenshots/<workflow>.png.
+
+Chromium comes from scripts/setup_host.sh (apt-get, as root); without it this
+module is skipped with the reason. SONIC_CHROMIUM overrides the executable.
+"""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_host
+import workflow_tools
+from conftest import ROOT
+from test_workflows import STAND_INS
+
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+# The README shows these; SONIC_SCREENSHOT_DIR sends them elsewhere (e.g. to keep a checkout clean).
+SCREENSHOTS = Path(os.environ.get("SONIC_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+PACK_NODES = ["SonicLoadAudio", "SonicAudioEncoderLoader", "SonicAudioEncode", "SonicAudioEmbedsMix",
+              "SonicAdapterLoader", "SonicApplyAdapter", "SonicAudioEdit"]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--disable-dev-shm-usage"]
+VIEWPORT = {"width": 1600, "height": 1000}
+# The CPU is slow: tiny images and few steps, set through the page's own widgets.
+SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
+         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}}
+INPUT_AUDIO = {"sonic_example_thunder.wav": "noise_stereo_48k_10s_f32.wav",
+               "sonic_example_birds.wav": "tone440_mono_44k_3s.wav"}
+INPUT_IMAGES = ["sonic_example_control.png", "sonic_example_source.png"]
+
+
+def _chromium():
+    exe = os.environ.get("SONIC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe and os.access(exe, os.X_OK):
+        return exe
+    return None
+
+
+def _http(port, path, data=None, timeout=30):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if data is not None else "GET",
+                                 data=json.dumps(data).encode() if data is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+class Server:
+    def __init__(self, base, port, proc, log_path):
+        self.base, self.port, self.proc, self.log_path = base, port, proc, log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get_json(self, path):
+        return json.loads(_http(self.port, path))
+
+    def get_bytes(self, path):
+        return _http(self.port, path)
+
+    def log_tail(self, n=4000):
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium executable: run scripts/setup_host.sh as root (it apt-get installs Debian's "
+                    "chromium) or set SONIC_CHROMIUM to a Chromium binary")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def server(chromium, fixture_dir, tmp_path_factory):
+    """The real ComfyUI server on loopback, with the pack, stand-in weights and inputs."""
+    base = tmp_path_factory.mktemp("browser-base")
+    for sub in ("custom_nodes", "input", "output", "models", "temp", "user/default"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    os.symlink(ROOT, base / "custom_nodes" / comfy_host.PACK_DIR_NAME)
+    for path in WORKFLOWS:
+        for folder, names in workflow_tools.model_files(workflow_tools.load(path)).items():
+            for name in names:
+                dest = base / "models" / folder / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.exists():
+                    os.symlink(STAND_INS[name](fixture_dir), dest)
+    for name, src in INPUT_AUDIO.items():
+        os.symlink(fixture_dir.audio(src), base / "input" / name)
+    rng = np.random.default_rng(0)
+    for name in INPUT_IMAGES:
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(base / "input" / name)
+    # A returning user: no template browser on first load, no minimap over the screenshots.
+    # Readable screenshots: no canvas info overlay, no low-detail node rendering when zoomed out.
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({
+        "Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+        "LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Workflow.WorkflowTabsPosition": "Sidebar",
+        "Comfy.Workflow.ShowMissingNodesWarning": True, "Comfy.Workflow.ShowMissingModelsWarning": True}))
+
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = base / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
+        cwd=comfy_host.HOST, stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(base, port, proc, log_path)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                info = srv.get_json("/object_info")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None:
+                    pytest.fail(f"the ComfyUI server exited:\n{srv.log_tail()}")
+                if time.time() > deadline:
+                    pytest.fail(f"the ComfyUI server did not come up in 120 s:\n{srv.log_tail()}")
+                time.sleep(0.5)
+        srv.object_info = info
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, chromium, tmp_path_factory):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the test requirement playwright is not installed: run scripts/setup_host.sh")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    blocked = []
+
+    def only_loopback(route):
+        url = route.request.url
+        if url.startswith(server.url + "/") or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS, viewport=VIEWPORT,
+            device_scale_factor=1.5,  # legible node text in the README screenshots
+            service_workers="block")
+        try:
+            ctx.route("**/*", only_loopback)
+            # The "Nodes 2.0" banner would cover the top of every screenshot.
+            ctx.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+            pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+            pg.help_requests = []
+            pg.on("response", lambda r: pg.help_requests.append((r.url, r.status)) if "/docs/" in r.url else None)
+            pg.set_default_timeout(60_000)
+            pg.page_errors = []
+            pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))
+            pg.blocked = blocked
+            pg.goto(server.url + "/", wait_until="domcontentloaded")
+            pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                 "document.querySelector('[data-testid=\"queue-button\"]')", timeout=120_000)
+            _close_dialogs(pg)
+            yield pg
+        finally:
+            ctx.close()
+
+
+# --- page helpers ---------------------------------------------------------------
+
+DIALOGS_JS = """() => [...document.querySelectorAll('.p-dialog')]
+    .filter(d => d.offsetParent !== null || d.getClientRects().length)
+    .map(d => d.innerText.slice(0, 600))"""
+
+
+def _dialogs(pg):
+    return pg.evaluate(DIALOGS_JS)
+
+
+def _close_dialogs(pg):
+    for _ in range(5):
+        if not _dialogs(pg):
+            return
+        pg.keyboard.press("Escape")
+        pg.wait_for_timeout(200)
+
+
+def _drop_workflow(pg, ui, filename):
+    """Drops the workflow file on the canvas, as a user dragging it from a file manager."""
+    dt = pg.evaluate_handle(
+        """([text, name]) => { const dt = new DataTransfer();
+             dt.items.add(new File([text], name, {type: 'application/json'})); return dt; }""",
+        [json.dumps(ui), filename])
+    target = pg.locator("#graph-canvas")
+    target.dispatch_event("dragenter", {"dataTransfer": dt})
+    target.dispatch_event("dragover", {"dataTransfer": dt})
+    target.dispatch_event("drop", {"dataTransfer": dt})
+    want = sorted(n["id"] for n in ui["nodes"])
+    pg.wait_for_function(
+        """([want]) => { const ids = window.app.graph.nodes.map(n => n.id).sort((a, b) => a - b);
+             return JSON.stringify(ids) === JSON.stringify(want); }""", arg=[want], timeout=30_000)
+    pg.wait_for_timeout(500)  # the missing-model check awaits the model lists; let any dialog render
+
+
+GRAPH_STATE_JS = """() => window.app.graph.nodes.map(n => ({
+    id: n.id, type: n.type, known: n.type in window.LiteGraph.registered_node_types,
+    has_def: !!(window.LiteGraph.registered_node_types[n.type] || {}).nodeData,
+    has_errors: !!n.has_errors,
+    widgets: (n.widgets || []).map(w => ({name: w.name, type: w.type, value: w.value,
+        options: (w.options && Array.isArray(w.options.values)) ? w.options.values : null}))
+}))"""
+
+
+def _expected_widgets(node):
+    """{widget name: value} from a UI node's positional widgets_values, in definition order."""
+    values = list(node.get("widgets_values") or [])
+    out = {}
+    for name, typ, opts, _ in workflow_tools.input_specs(node["type"]):
+        if not workflow_tools.is_widget(typ) or not values:
+            continue
+        out[name] = values.pop(0)
+        if workflow_tools.has_control_widget(name, typ, opts) and values:
+            out["control_after_generate"] = values.pop(0)
+    return out
+
+
+def _set_widgets(pg, node_id, values):
+    return pg.evaluate(
+        """([id, values]) => { const n = window.app.graph.getNodeById(id); const done = {};
+             for (const [k, v] of Object.entries(values)) {
+               const w = n.widgets.find(w => w.name === k);
+               if (!w) continue;
+               w.value = v; if (w.callback) w.callback(v, window.app.canvas, n); done[k] = w.value; }
+             window.app.graph.setDirtyCanvas(true, true); return done; }""", [node_id, values])
+
+
+def _fit_view(pg):
+    """The UI's own "fit view" command (the "." key), so the screenshot shows the whole graph."""
+    pg.evaluate("""async () => { window.app.canvas.deselectAll();
+        await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
+        window.app.canvas.setDirty(true, true); }""")
+    pg.wait_for_timeout(600)
+
+
+# --- tests ----------------------------------------------------------------------
+
+def test_there_are_workflows():
+    assert len(WORKFLOWS) >= 4
+
+
+def test_page_registers_every_node_of_the_pack(page, server):
+    registered = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
+    ours = [n for n in PACK_NODES if n in server.object_info]
+    assert set(PACK_NODES) - {"SonicAudioEdit"} <= set(ours)
+    missing = [n for n in ours if n not in registered]
+    assert not missing, f"the page does not know {missing}"
+
+
+def test_broken_workflow_shows_the_missing_node_and_model_dialog(page):
+    """The detector of the next test works: an unknown node and a missing model do show a dialog."""
+    ui = workflow_tools.load(ROOT / "workflows" / "sonic_audio_to_image.json")
+    broken = copy.deepcopy(ui)
+    next(n for n in broken["nodes"] if n["type"] == "SonicAudioEncode")["type"] = "SonicNoSuchNode"
+    loader = next(n for n in broken["nodes"] if n["type"] == "SonicAdapterLoader")
+    # The frontend checks only the models a widget selects, keyed by their url.
+    loader["properties"]["models"][0].update(name="no_such_adapter.pt", url="https://example.invalid/no_such_adapter.pt")
+    loader["widgets_values"][0] = "no_such_adapter.pt"
+    _drop_workflow(page, broken, "broken.json")
+    page.wait_for_function(f"() => ({DIALOGS_JS})().length > 0", timeout=15_000)
+    text = "\n".join(_dialogs(page))
+    assert "SonicNoSuchNode" in text, text
+    _close_dialogs(page)
+    if "no_such_adapter.pt" not in text:  # the model dialog comes after the node dialog
+        page.wait_for_function(f"() => ({DIALOGS_JS})().length > 0", timeout=15_000)
+        text = "\n".join(_dialogs(page))
+        _close_dialogs(page)
+    assert "no_such_adapter.pt" in text, text
+    assert not _dialogs(page)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_loads_in_the_page(path, page, server):
+    """Dropped on the canvas: no dialog, known nodes, widgets hold the file's values. Screenshot."""
+    ui = workflow_tools.load(path)
+    workflow_tools.use_object_info(server.object_info)
+    try:
+        _close_dialogs(page)
+        _drop_workflow(page, ui, path.name)
+        dialogs = _dialogs(page)
+        assert not dialogs, f"{path.name} opened a dialog in the UI: {dialogs}"
+
+        state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
+        for node in ui["nodes"]:
+            got = state[node["id"]]
+            assert got["type"] == node["type"]
+            assert got["known"] and got["has_def"] and not got["has_errors"], \
+                f"node {node['id']} ({node['type']}) is not a known type: {got}"
+            if node["type"] in workflow_tools.VIRTUAL_NODES:
+                continue
+            widgets = {w["name"]: w for w in got["widgets"]}
+            for name, value in _expected_widgets(node).items():
+                assert name in widgets, f"node {node['id']} ({node['type']}) has no widget {name}: {list(widgets)}"
+                w = widgets[name]
+                if isinstance(value, float) or isinstance(w["value"], float):
+                    assert w["value"] == pytest.approx(value), (node["type"], name)
+                else:
+                    assert w["value"] == value, (node["type"], name, w["value"], value)
+                if w["options"] is not None and name != "control_after_generate":
+                    assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
+                                                  f"({w['options'][:10]})"
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.mouse.move(25, 600)  # off the Run button's tooltip and the nodes
+        _fit_view(page)
+        page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"))
+    finally:
+        workflow_tools.use_object_info(None)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_from_the_page(path, page, server):
+    """Dropped again, made small through the page's widgets, queued with the Run button:
+    an image lands in the history. (After every screenshot, so no job panel shows in them.)"""
+    ui = workflow_tools.load(path)
+    try:
+        _close_dialogs(page)
+        _drop_workflow(page, ui, path.name)
+        assert not _dialogs(page)
+        for node in ui["nodes"]:
+            if node["type"] in SMALL:
+                done = _set_widgets(page, node["id"], SMALL[node["type"]])
+                assert done == SMALL[node["type"]], done
+
+        before = set(server.get_json("/history"))
+        t0 = time.time()
+        page.locator('[data-testid="queue-button"]').first.click()
+        entry, pid = None, None
+        while time.time() - t0 < 240:
+            new = set(server.get_json("/history")) - before
+            if new:
+                pid = new.pop()
+                entry = server.get_json(f"/history/{pid}")[pid]
+                if entry.get("status", {}).get("completed") is not None or entry.get("status", {}).get(
+                        "status_str") == "error":
+                    break
+            if server.proc.poll() is not None:
+                pytest.fail(f"the server died:\n{server.log_tail()}")
+            dialogs = _dialogs(page)
+            if dialogs:
+                pytest.fail(f"queueing {path.name} from the page opened a dialog: {dialogs}")
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"{path.name}: nothing finished in the history within 240 s:\n{server.log_tail()}")
+        status = entry["status"]
+        assert status.get("status_str") == "success", (status, server.log_tail())
+        # It came from the page: the frontend attaches the workflow, and the small sizes set there.
+        _, _, prompt, extra, _ = entry["prompt"][:5]
+        assert "workflow" in extra.get("extra_pnginfo", {})
+        for node_id, node in prompt.items():
+            if node["class_type"] in SMALL:
+                for k, v in SMALL[node["class_type"]].items():
+                    assert node["inputs"][k] == v
+        images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+        assert images, f"{path.name}: no image in the history: {entry['outputs']}"
+        png = server.get_bytes("/view?" + urllib.parse.urlencode(
+            {"filename": images[0]["filename"], "subfolder": images[0]["subfolder"], "type": images[0]["type"]}))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        print(f"{path.name}: ran from the page in {time.time() - t0:.1f} s, {len(images)} image(s)")
+    finally:
+        workflow_tools.use_object_info(None)
+
+
+def test_help_pages_are_served_where_the_frontend_looks(page, server):
+    """The frontend asks /extensions/<pack folder>/docs/<NodeID>/<locale>.md, then
+    /extensions/<pack folder>/docs/<NodeID>.md, for a node whose python_module is
+    custom_nodes.<pack folder>; the server maps /extensions/<pack folder> to WEB_DIRECTORY.
+    Fetched directly, and opened as a user does: select the node, click its info button."""
+    ours = [n for n in PACK_NODES if n in server.object_info]
+    for node_id in ours:
+        module = server.object_info[node_id]["python_module"]
+        parts = module.split(".")
+        assert parts[0] == "custom_nodes" and len(parts) >= 2, module
+        pack = parts[1].split("@")[0]
+        url = f"/extensions/{pack}/docs/{node_id}.md"
+        got = page.evaluate("async (u) => { const r = await fetch(u); return [r.status, await r.text()]; }", url)
+        assert got[0] == 200, (url, got[0])
+        assert got[1] == (ROOT / "web" / "docs" / f"{node_id}.md").read_text()
+
+    _close_dialogs(page)
+    page.evaluate("() => { window.app.graph.clear(); }")
+    for node_id in ours:
+        title = server.object_info[node_id]["display_name"]
+        page.help_requests.clear()
+        page.evaluate("""(t) => { const g = window.app.graph; for (const n of [...g.nodes]) g.remove(n);
+            const n = window.LiteGraph.createNode(t); n.pos = [950, 250]; g.add(n);
+            const c = window.app.canvas; c.ds.offset = [0, 0]; c.ds.scale = 1; c.deselectAll(); c.selectNode(n);
+            c.setDirty(true, true); }""", node_id)
+        page.locator('[data-testid="info-button"]').first.click()
+        # The help panel renders the markdown (its table header), not the description fallback.
+        page.wait_for_function(
+            """([title]) => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === title)
+                 && [...document.querySelectorAll('th')].some(th => th.innerText.trim() === 'what it does')""",
+            arg=[title], timeout=15_000)
+        served = [(u, st) for u, st in page.help_requests if u.endswith(f"/docs/{node_id}.md")]
+        assert served and served[-1][1] == 200, page.help_requests
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "help_page.png"))
