@@ -19,6 +19,7 @@ import comfy.samplers
 import folder_paths
 import nodes
 
+from graphs import audio_graph
 from sonic_diffusion import pnp
 from sonic_diffusion.patch import AUDIO_OFF
 
@@ -82,30 +83,17 @@ def names(host, fixture_dir):
 
 
 def edit_graph(n, audio=None, prompt="", steps=4, cfg=7.5, attn=0.5, feat=0.5, sampler=None):
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["ckpt"]}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": n["clap"]}},
-        "load_a": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio or n["a"], "start_time": 0.0,
-                                                             "duration": 0.0, "gain_db": 0.0}},
-        "enc_a": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load_a", 0],
-                                                               "window": "center", "offset": 0.0}},
-        "adapter": {"class_type": "SonicAdapterLoader", "inputs": {"adapter_name": n["gates"],
-                                                                   "projector_name": n["proj"]}},
-        "apply": {"class_type": "SonicApplyAdapter", "inputs": {"model": ["ckpt", 0], "sonic_adapter": ["adapter", 0],
-                                                                "audio_embeds": ["enc_a", 0], "strength": 1.0,
-                                                                "start_percent": 0.0, "end_percent": 1.0}},
-        "img": {"class_type": "LoadImage", "inputs": {"image": n["image"]}},
-        "venc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}},
-        "edit": {"class_type": "SonicAudioEdit", "inputs": {
+    """The shared audio graph with its text-to-image tail replaced by an edit of n["image"]."""
+    g = audio_graph(n, audio=audio, prompt=prompt)
+    del g["latent"], g["ks"]
+    g["img"] = {"class_type": "LoadImage", "inputs": {"image": n["image"]}}
+    g["venc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
+    if sampler is None:
+        g["edit"] = {"class_type": "SonicAudioEdit", "inputs": {
             "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["venc", 0],
-            "steps": steps, "cfg": cfg, "attention_injection": attn, "feature_injection": feat}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["edit", 0], "vae": ["ckpt", 2]}},
-        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
-    if sampler is not None:
-        del g["edit"]
+            "steps": steps, "cfg": cfg, "attention_injection": attn, "feature_injection": feat}}
+        g["dec"]["inputs"]["samples"] = ["edit", 0]
+    else:
         g["ks"] = {"class_type": "KSampler", "inputs": {
             "model": ["apply", 0], "seed": 3, "steps": steps, "cfg": cfg, "sampler_name": sampler,
             "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["venc", 0],

@@ -22,11 +22,9 @@ log = logging.getLogger("sonic_diffusion.train")
 
 
 def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..checkpoints import file_sha256
+
+    return file_sha256(path)
 
 
 class FeatureCache:
