@@ -51,9 +51,13 @@ def main():
             reports[label] = torch._dynamo.explain(dm)(x, timesteps=t, context=ctx, transformer_options=options(m))
     for label, r in reports.items():
         print(f"{label:8s}: {r.graph_count} graph(s), {r.graph_break_count} graph break(s)")
+        where = {}
         for reason in r.break_reasons:
-            where = reason.user_stack[-1] if reason.user_stack else None
-            print(f"          break: {reason.reason} at {where.filename}:{where.lineno}" if where else f"          break: {reason.reason}")
+            frame = reason.user_stack[-1] if reason.user_stack else None
+            key = f"{frame.filename}:{frame.lineno}" if frame else "unknown"
+            where[key] = where.get(key, 0) + 1
+        for key, count in sorted(where.items(), key=lambda kv: -kv[1]):
+            print(f"          {count:3d} break(s) at {key}")
     ours = [r for r in reports["patched"].break_reasons
             if r.user_stack and any("sonic_diffusion" in f.filename for f in r.user_stack)]
     print(f"graph breaks caused by the adapter: {len(ours)}")
