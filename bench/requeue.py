@@ -11,7 +11,7 @@ from common import boot
 def main():
     fs = boot()
     from comfy_host import Host
-    from graphs import audio_graph
+    from graphs import audio_graph, link_audio_graph_files
     from sonic_diffusion.clap import ClapEncoder
     from sonic_diffusion.runtime import SonicAdapter
 
@@ -27,13 +27,7 @@ def main():
     ClapEncoder.encode = counting("encode", encode)
     SonicAdapter.project = counting("project", project)
     host = Host()
-    names = {
-        "ckpt": host.link_model("checkpoints", fs.full_checkpoint(clip=True, vae=True)),
-        "gates": host.link_model("sonic_diffusion", fs.gates()),
-        "proj": host.link_model("sonic_diffusion", fs.projector()),
-        "clap": host.link_model("audio_encoders", fs.clap()),
-        "a": host.put_input(fs.audio("noise_stereo_48k_10s_f32.wav")),
-    }
+    names = link_audio_graph_files(host, fs, "noise_stereo_48k_10s_f32.wav")
     graph = audio_graph(names, seed=1)
     graph["ks"]["inputs"]["steps"] = 1
     host.run(graph)  # loads every model once, so both timed runs below are warm

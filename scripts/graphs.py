@@ -1,6 +1,21 @@
 """API-format graphs shared by the tests and the benchmarks."""
 
 
+def link_audio_graph_files(host, fs, audio_a, audio_b=None):
+    """Links the generated stand-ins the audio graph needs into the host's folders and
+    returns the names audio_graph() takes."""
+    names = {
+        "ckpt": host.link_model("checkpoints", fs.full_checkpoint(clip=True, vae=True)),
+        "gates": host.link_model("sonic_diffusion", fs.gates()),
+        "proj": host.link_model("sonic_diffusion", fs.projector()),
+        "clap": host.link_model("audio_encoders", fs.clap()),
+        "a": host.put_input(fs.audio(audio_a)),
+    }
+    if audio_b is not None:
+        names["b"] = host.put_input(fs.audio(audio_b))
+    return names
+
+
 def audio_graph(n, audio=None, seed=1, batch=1, ratios=None, stack=False, strength=1.0, prompt=""):
     g = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["ckpt"]}},

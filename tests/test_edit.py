@@ -19,7 +19,7 @@ import comfy.samplers
 import folder_paths
 import nodes
 
-from graphs import audio_graph
+from graphs import audio_graph, link_audio_graph_files
 from sonic_diffusion import pnp
 from sonic_diffusion.patch import AUDIO_OFF
 
@@ -71,15 +71,7 @@ def names(host, fixture_dir):
     img = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1) + rng.integers(0, 30, (64, 64, 3))
     path = Path(folder_paths.get_input_directory()) / SOURCE
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
-    return {
-        "ckpt": host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
-        "gates": host.link_model("sonic_diffusion", fixture_dir.gates()),
-        "proj": host.link_model("sonic_diffusion", fixture_dir.projector()),
-        "clap": host.link_model("audio_encoders", fixture_dir.clap()),
-        "a": host.put_input(fixture_dir.audio(AUDIO_A)),
-        "b": host.put_input(fixture_dir.audio(AUDIO_B)),
-        "image": SOURCE,
-    }
+    return dict(link_audio_graph_files(host, fixture_dir, AUDIO_A, AUDIO_B), image=SOURCE)
 
 
 def edit_graph(n, audio=None, prompt="", steps=4, cfg=7.5, attn=0.5, feat=0.5, sampler=None):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from graphs import audio_graph  # noqa: F401  (shared with the benchmarks)
+from graphs import audio_graph, link_audio_graph_files  # noqa: F401  (shared with the benchmarks)
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"
@@ -10,14 +10,7 @@ AUDIO_B = "noise_stereo_48k_10s_f32.wav"
 
 @pytest.fixture(scope="module")
 def names(host, fixture_dir):
-    return {
-        "ckpt": host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
-        "gates": host.link_model("sonic_diffusion", fixture_dir.gates()),
-        "proj": host.link_model("sonic_diffusion", fixture_dir.projector()),
-        "clap": host.link_model("audio_encoders", fixture_dir.clap()),
-        "a": host.put_input(fixture_dir.audio(AUDIO_A)),
-        "b": host.put_input(fixture_dir.audio(AUDIO_B)),
-    }
+    return link_audio_graph_files(host, fixture_dir, AUDIO_A, AUDIO_B)
 
 
 def image(host, graph):
