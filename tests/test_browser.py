@@ -227,10 +227,11 @@ def _drop_workflow(pg, ui, filename):
     target.dispatch_event("dragenter", {"dataTransfer": dt})
     target.dispatch_event("dragover", {"dataTransfer": dt})
     target.dispatch_event("drop", {"dataTransfer": dt})
-    want = sorted(n["id"] for n in ui["nodes"])
+    # Ids and types: two workflows can share node ids, so ids alone may match the previous graph.
+    want = sorted([n["id"], n["type"]] for n in ui["nodes"])
     pg.wait_for_function(
-        """([want]) => { const ids = window.app.graph.nodes.map(n => n.id).sort((a, b) => a - b);
-             return JSON.stringify(ids) === JSON.stringify(want); }""", arg=[want], timeout=30_000)
+        """([want]) => { const got = window.app.graph.nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0]);
+             return JSON.stringify(got) === JSON.stringify(want); }""", arg=[want], timeout=30_000)
     pg.wait_for_timeout(500)  # the missing-model check awaits the model lists; let any dialog render
 
 
