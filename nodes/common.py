@@ -1,5 +1,6 @@
 """Shared glue: the pack's custom types and a Schema helper that works on every ComfyUI."""
 import dataclasses
+import math
 
 from comfy_api.latest import io
 
@@ -10,13 +11,28 @@ SonicAudioEncoderType = io.Custom("SONIC_AUDIO_ENCODER")
 CATEGORY = "SonicDiffusion"
 
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
+# Schema fields of newer ComfyUI that 0.3.75's io.Schema rejects; only these are
+# dropped where unknown, so a misspelt field still fails loudly.
+_NEWER_SCHEMA_FIELDS = {"search_aliases", "essentials_category", "is_dev_only", "price_badge",
+                        "has_intermediate_output", "accept_all_inputs"}
 
 
 def schema(**fields):
-    """io.Schema without the fields this ComfyUI does not know (0.3.75 raises on
-    newer ones such as search_aliases or essentials_category)."""
+    """io.Schema on every supported ComfyUI: newer optional fields are dropped by name
+    where this host does not know them; any other unknown field raises."""
+    unknown = set(fields) - _SCHEMA_FIELDS - _NEWER_SCHEMA_FIELDS
+    if unknown:
+        raise TypeError(f"unknown io.Schema field(s): {', '.join(sorted(unknown))}")
     return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
 
 
 class NodeInputError(ValueError):
     """A user-facing error: names the node and says how to fix the input."""
+
+
+def require_finite(node, **values):
+    """Refuses NaN or infinite float inputs (ComfyUI's min/max validation lets NaN
+    through, since every comparison with NaN is false)."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise NodeInputError(f"{node}: input '{name}' is {value}; enter a finite number.")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import comfy.ldm.modules.attention as comfy_attention
 
+from .batching import rows_for_batch
 from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
 
 
@@ -42,15 +43,10 @@ class StreamCapture:
 
 
 def _rows_for_chunk(tokens, batch):
-    """Tokens [E,77,768] for one chunk of `batch` latents: one embedding serves every
-    latent, B embeddings map i-th to i-th; any other count is refused."""
-    if tokens.shape[0] == batch:
-        return tokens
-    if tokens.shape[0] == 1:
-        return tokens.expand(batch, -1, -1)
-    raise AudioBatchError(
-        f"Apply Sonic Adapter: {tokens.shape[0]} audio embeddings for a batch of {batch} latents. "
-        f"Give one audio (it serves every latent) or exactly {batch} (one per latent).")
+    """Tokens [E,77,768] for one chunk of `batch` latents (the pack's batch rule)."""
+    return rows_for_batch(tokens, batch, lambda n, b: AudioBatchError(
+        f"Apply Sonic Adapter: {n} audio embeddings for a batch of {b} latents. "
+        f"Give one audio (it serves every latent) or exactly {b} (one per latent)."))
 
 
 def absorbs_projections(dim, heads=HEADS, tokens=77):

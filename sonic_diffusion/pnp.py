@@ -41,6 +41,7 @@ import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.utils
 
+from .batching import rows_for_batch
 from .compat import IncompatibleModelError, check_unet_fits
 from .patch import AUDIO_OFF, SonicAudioPatch, StreamCapture
 
@@ -259,12 +260,8 @@ def context_of(conditioning, what):
 
 
 def _rows(ctx, batch, what):
-    if ctx.shape[0] == batch:
-        return ctx
-    if ctx.shape[0] == 1:
-        return ctx.expand(batch, -1, -1)
-    raise EditInputError(f"{what} has a batch of {ctx.shape[0]} for {batch} latents; give one prompt "
-                         f"(it serves every latent) or exactly {batch}")
+    return rows_for_batch(ctx, batch, lambda n, b: EditInputError(
+        f"{what} has a batch of {n} for {b} latents; give one prompt (it serves every latent) or exactly {b}"))
 
 
 def _same_length(contexts):
