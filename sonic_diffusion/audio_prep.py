@@ -1,4 +1,4 @@
-"""Audio preprocessing for the CLAP audio tower (spec section 2).
+"""Audio preprocessing for the CLAP audio tower (docs/design.md section 2).
 
 mono (channel mean) -> 44.1 kHz -> exactly 441,000 samples:
 clips of 10 s or less are tiled end to end and cut (never zero-padded, as in the

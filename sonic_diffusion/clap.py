@@ -1,4 +1,4 @@
-"""MS-CLAP 2022 audio tower (spec section 3): loader, converter and runtime wrapper.
+"""MS-CLAP 2022 audio tower (docs/design.md section 3): loader, converter and runtime wrapper.
 
 waveform [B, 441000] @ 44.1 kHz -> log-mel [B, 1379, 64] -> Cnn14 -> [B, 2048]
 -> projection -> [B, 1024], L2-normalised.

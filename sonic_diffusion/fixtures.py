@@ -51,7 +51,7 @@ REDUCED_UNET_CONFIG = dict(
     SD15_UNET_CONFIG, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
     transformer_depth_middle=-1, transformer_depth_output=[0, 0])
 
-# Official adapter placement (spec sec. 5): diffusers prefix, LDM prefix, width.
+# Official adapter placement (docs/design.md section 5): diffusers prefix, LDM prefix, width.
 GATE_BLOCKS = [("mid_block.attentions.0.transformer_blocks.0",
                 "model.diffusion_model.middle_block.1.transformer_blocks.0", 1280)]
 for _i, _d in ((1, 1280), (2, 640), (3, 320)):
@@ -92,7 +92,7 @@ _AUDIO_CODECS = {
 }
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
-# Cnn14 channel plan of the MS-CLAP 2022 audio tower (spec sec. 3).
+# Cnn14 channel plan of the MS-CLAP 2022 audio tower (docs/design.md section 3).
 _CNN14_CHANNELS = [(1, 64), (64, 128), (128, 256), (256, 512), (512, 1024), (1024, 2048)]
 CLAP_N_FFT = 1024
 CLAP_N_MELS = 64
@@ -304,7 +304,7 @@ def slaney_mel(sr=CLAP_SAMPLE_RATE, n_fft=CLAP_N_FFT, n_mels=CLAP_N_MELS, fmin=5
 # ---------------------------------------------------------------- official-format dicts
 
 def projector_state_dict(seed, tag="audio_projector_landscape.pth"):
-    """46 tensors of the Audio Projector (spec sec. 4), float32, PyTorch-default-like
+    """46 tensors of the Audio Projector (docs/design.md section 4), float32, PyTorch-default-like
     init (uniform +-1/sqrt(fan_in)); LayerNorms near identity."""
     T, D, E = AUDIO_TOKENS, TOKEN_DIM, AUDIO_EMBED_DIM
     sd = {}
@@ -339,7 +339,7 @@ def projector_state_dict(seed, tag="audio_projector_landscape.pth"):
 
 
 def gates_state_dict(seed, tag="landscape.pt", spelling="diffusers"):
-    """80 tensors of the gated audio cross-attention (spec sec. 5), float32.
+    """80 tensors of the gated audio cross-attention (docs/design.md section 5), float32.
     Values are keyed by the diffusers name, so both spellings hold equal tensors.
     Gates uniform in [0.3, 1.0] (non-zero: the adapter must have an effect),
     projections std 0.02 so the added term stays small."""
@@ -367,7 +367,7 @@ def gates_state_dict(seed, tag="landscape.pt", spelling="diffusers"):
 
 
 def clap_state_dict(seed, tag="CLAP_weights_2022.pth"):
-    """MS-CLAP 2022 audio tower (every ``audio_encoder.*`` key of spec sec. 3) plus a
+    """MS-CLAP 2022 audio tower (every ``audio_encoder.*`` key of docs/design.md section 3) plus a
     few ``caption_encoder.*`` keys and ``logit_scale``, float32 like the original.
     STFT kernels and the mel matrix are the real ones; the rest is random:
     He-init convs, BN near identity (bn0 normalises log-mel dB to O(1))."""

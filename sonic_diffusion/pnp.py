@@ -1,5 +1,5 @@
 """SonicDiffusion's image editing: DDIM inversion of a source latent, then DDIM
-sampling with Plug-and-Play (PnP) injection from the inverted source (spec section 7).
+sampling with Plug-and-Play (PnP) injection from the inverted source (docs/design.md section 7).
 
 Everything runs in ComfyUI's sigma space: a latent at noise level sigma is
 x = x0 + sigma * eps (the form model.apply_model takes; it returns the x0 prediction,

@@ -1,4 +1,4 @@
-"""Evaluation of audio-to-image generation: AIS, IIS, AIC and FID (spec section 9).
+"""Evaluation of audio-to-image generation: AIS, IIS, AIC and FID (docs/design.md section 9).
 
 ``python -m sonic_diffusion.evaluate --help``; see docs/evaluation.md. The metric
 code (``metrics``) is independent of the models; ``run.evaluate`` ties files,

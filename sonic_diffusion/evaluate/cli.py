@@ -23,7 +23,7 @@ def default_cache_dir():
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m sonic_diffusion.evaluate",
-        description="AIS, IIS, AIC and FID of images generated from audio (SonicDiffusion spec section 9). "
+        description="AIS, IIS, AIC and FID of images generated from audio (docs/design.md section 9). "
                     "Images are matched to their audio and reference image by file stem.")
     d = p.add_argument_group("data")
     d.add_argument("--generated", required=True, type=Path, help="folder of generated images, <audio stem>.png")

@@ -1,6 +1,6 @@
 """The metrics themselves, on embeddings and features (no models, no files).
 
-AIS / IIS (spec sec. 9): for query i with its paired embedding p_i and distractors
+AIS / IIS (docs/design.md section 9): for query i with its paired embedding p_i and distractors
 D_i, score_i = |{d in D_i : cos(q_i, d) < cos(q_i, p_i)}| / |D_i| (strictly less:
 a distractor exactly as similar as the pair does not count), averaged over i.
 Chance is 0.5; 1.0 means the pair beats every distractor.

@@ -1,4 +1,4 @@
-"""Two-stage training of SonicDiffusion adapters (spec section 8).
+"""Two-stage training of SonicDiffusion adapters (docs/design.md section 8).
 
     python -m sonic_diffusion.train check  --data DIR
     python -m sonic_diffusion.train stage1 --checkpoint SD.safetensors --clap CLAP.pth --data DIR --out OUT1

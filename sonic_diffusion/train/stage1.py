@@ -1,4 +1,4 @@
-"""Stage 1: the audio projector (spec section 8).
+"""Stage 1: the audio projector (docs/design.md section 8).
 
 loss_i = nce_weight * InfoNCE(anchor i; positive: another clip of i's class; negatives:
          a shared pool of up to --negatives clips, those of other classes), on the cosine
