@@ -7,6 +7,7 @@ import torch
 
 from conftest import ROOT
 from sonic_diffusion import checkpoints
+from sonic_diffusion.files import file_sha256
 from sonic_diffusion.safe_load import load_weights_file
 
 
@@ -24,7 +25,7 @@ def test_adapter_pair_to_bundle_and_back(fixture_dir, tmp_path):
     assert meta["format"] == checkpoints.BUNDLE_FORMAT
     sources = json.loads(meta["sources"])
     assert [s["file"] for s in sources] == [fixture_dir.gates().name, fixture_dir.projector().name]
-    assert sources[0]["sha256"] == checkpoints.file_sha256(fixture_dir.gates())
+    assert sources[0]["sha256"] == file_sha256(fixture_dir.gates())
     gates, _ = load_weights_file(fixture_dir.gates())
     for key, value in gates.items():
         assert torch.equal(sd["adapter." + key], value.float()), key

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 from . import metrics as M
-from .cache import EmbeddingCache, file_sha256
+from ..files import file_sha256
+from .cache import EmbeddingCache
 from .data import AUDIO_EXTS, IMAGE_EXTS, DataError, by_stem, read_labels
 from .models import (CLIP_B32, CLIP_L14, INCEPTION, WAV2CLIP, ClipEmbedder, InceptionFeatures, ModelMissingError,
                      Wav2ClipEmbedder, pick_device, require)
