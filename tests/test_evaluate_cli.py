@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sonic_diffusion.evaluate import testing
+import eval_stand_ins as testing
 from sonic_diffusion.evaluate.cli import main
 from sonic_diffusion.evaluate.wav2clip import Wav2ClipWeightsError, load_wav2clip
 from sonic_diffusion.fixtures import write_audio

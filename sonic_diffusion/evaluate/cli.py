@@ -58,7 +58,7 @@ def build_parser():
     x.add_argument("--cache-dir", type=Path, help="embedding cache (default: $SONIC_EVAL_CACHE or ~/.cache/sonic_diffusion/evaluate)")
     x.add_argument("--no-cache", action="store_true", help="compute every embedding, store nothing")
     x.add_argument("--batch-size", type=int, default=16)
-    x.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    x.add_argument("--device", help="torch device, e.g. cpu, cuda:1, mps (default: the device ComfyUI picks)")
     x.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     g = p.add_argument_group("--generate: render the images first through the pack's ComfyUI graph")

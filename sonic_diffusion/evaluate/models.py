@@ -59,9 +59,11 @@ def require(kind, path):
 
 
 def pick_device(name=None):
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """--device, or ComfyUI's device (CUDA, MPS, XPU, DirectML... or the CPU) when absent."""
+    from .. import host
+
+    host.bootstrap()
+    return host.torch_device(name)
 
 
 def _open_rgb(path):

@@ -15,7 +15,7 @@ import torch
 
 
 def _tokenizer_dir():
-    from .. import host
+    from sonic_diffusion import host
 
     d = host.locate_comfyui() / "comfy" / "sd1_tokenizer"
     if not (d / "vocab.json").is_file():
@@ -47,7 +47,7 @@ def tiny_clip(path, patch_size=32, image_size=32, projection_dim=512, hidden=32,
 def random_wav2clip_state_dict(seed=0):
     """Flat dict in the Wav2CLIP.pt layout (audio_encoder.*, audio_transform.*, image_transform.*),
     with non-trivial BatchNorm statistics."""
-    from .wav2clip import AudioTransform, Wav2Clip
+    from sonic_diffusion.evaluate.wav2clip import AudioTransform, Wav2Clip
 
     torch.manual_seed(seed)
     model = Wav2Clip()
@@ -100,7 +100,7 @@ def random_inception(path, seed=0):
 
 def model_folder(root, seed=0):
     """Every evaluation model under ``root`` with the CLI's default names (--models-dir)."""
-    from .models import MODEL_SOURCES
+    from sonic_diffusion.evaluate.models import MODEL_SOURCES
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
