@@ -2,7 +2,6 @@
 pack loaded through ComfyUI's own custom-node loader. Shared by the tests, the
 workflow builder and the tools; the demo uses the real server instead."""
 import asyncio
-import logging
 import os
 import sys
 import uuid

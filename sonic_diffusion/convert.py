@@ -5,7 +5,7 @@
     python -m sonic_diffusion.convert clap CLAP_weights_2022.pth --out clap_audio.safetensors [--dtype fp16]
 
 Run it from the pack's folder, or from anywhere with PYTHONPATH=<pack folder>.
-The pickles are read with torch.load(weights_only=True) only, after their keys and
+The pickles are read weights-only (safe_load) only, after their keys and
 shapes were checked from the archive's own header. Outputs are written atomically
 (a kill leaves no half file; a rerun removes the leftover temp file), into an
 existing folder only, and never over an existing file unless --overwrite is given.

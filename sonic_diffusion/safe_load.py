@@ -16,8 +16,10 @@ description of its tensors is read and checked:
 
 A caller that knows the layout passes ``check(header)``; it sees TensorSpec
 leaves (``.shape``, ``.dtype``) and raises before anything large is allocated.
-Then pickles are read with ``torch.load(weights_only=True)`` only: a pickle that
-holds anything but tensors and plain containers is refused, never executed.
+Then pickles are read by torch's weights-only unpickler only (``weights_only=True``): a
+pickle that holds anything but tensors and plain containers is refused, never executed.
+This is the pack's one torch.load call site (comfy-test warns about it: ComfyUI's
+comfy.utils.load_torch_file reads the same way but checks no header first).
 """
 import json
 import os
@@ -237,7 +239,7 @@ def _zip_header(path, storages):
 def _legacy_header(path, storages):
     with open(path, "rb") as fh:
         if _HeaderUnpickler(fh, path, storages).load() != _TORCH_MAGIC:
-            return None  # a plain pickle: torch.load(weights_only=True) judges it (it allocates no storage)
+            return None  # a plain pickle: the weights-only load judges it (it allocates no storage)
         _HeaderUnpickler(fh, path, storages).load()  # protocol version
         _HeaderUnpickler(fh, path, storages).load()  # sys info
         return _HeaderUnpickler(fh, path, storages).load()
@@ -266,15 +268,16 @@ def pickle_header(path, kind=None):
 
 # -- loading -----------------------------------------------------------------------------
 
-def load_pickle_weights(path, check=None):
-    """``torch.load(path, map_location="cpu", weights_only=True)`` after the header checks."""
+def load_pickle_weights(path, check=None, mmap=False):
+    """The weights-only torch.load (map_location cpu), after the header checks.
+    mmap=True (zip archives) maps the storages instead of reading them."""
     path = os.fspath(path)
     _check_file(path)
     header = pickle_header(path)
     if check is not None and header is not None:
         check(header)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Unsupported global" not in msg and "Unsupported operand" not in msg and "weights_only" not in msg.lower():
@@ -306,6 +309,26 @@ def load_safetensors_weights(path, check=None):
         raise WeightsFileError(
             f"{path!r} is not a valid .safetensors file ({e}); it is damaged or truncated: download or convert it again") from None
     return sd, meta
+
+
+def inspect_weights_file(path):
+    """Checks a weights file someone else will load (e.g. an SD checkpoint ComfyUI
+    reads) without reading its tensors: the header limits of either format, and for a
+    PyTorch zip archive the weights-only unpickling of its structure (storages mapped,
+    not read), so hostile pickles are refused here with a clear error."""
+    path = os.fspath(path)
+    _check_file(path)
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        safetensors_header(path)
+    elif kind == "torch-zip":
+        load_pickle_weights(path, mmap=True)
+    elif kind == "torch-legacy":
+        pickle_header(path, kind)
+    else:
+        raise WeightsFileError(f"{path!r} is neither a .safetensors file nor a PyTorch weights file "
+                               f"(its first bytes match neither); it is damaged or not a weights file")
+    return kind
 
 
 def load_weights_file(path, check=None):

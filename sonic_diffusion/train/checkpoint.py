@@ -72,7 +72,7 @@ def prepare_output(out, final_name, resume, overwrite):
     (out / CKPT_DIR).mkdir(parents=True, exist_ok=True)
     removed = clean_stale_temps(out / CKPT_DIR) + clean_stale_temps(out)
     if removed:
-        log.info("removed %d temporary file(s) left by an interrupted save: %s", len(removed),
+        log.warning("removed %d temporary file(s) left by an interrupted save: %s", len(removed),
                  ", ".join(p.name for p in removed[:4]))
     return out
 

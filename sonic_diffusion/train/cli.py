@@ -45,18 +45,14 @@ def _resolve_precision(args, device):
 
 
 def _precheck_checkpoint(path):
-    """The SD checkpoint's header, checked before ComfyUI reads it: missing, empty,
-    hostile or bomb files get a one-line error instead of a traceback from deep inside."""
-    from ..safe_load import WeightsFileError, pickle_header, safetensors_header, sniff_format, _check_file
+    """The SD checkpoint, checked before ComfyUI reads it (header limits; a hostile
+    pickle refused): a one-line error instead of a traceback from deep inside."""
+    from ..safe_load import inspect_weights_file
 
-    _check_file(str(path))
-    kind = sniff_format(path)
-    if kind == "safetensors":
-        safetensors_header(path)
-    elif kind is None:
-        raise WeightsFileError(f"--checkpoint {path}: neither a .safetensors file nor a PyTorch checkpoint")
-    else:
-        pickle_header(path, kind)
+    try:
+        inspect_weights_file(path)
+    except ValueError as e:
+        raise ValueError(f"--checkpoint: {e}") from None
 
 
 def _load_sd(path, precision, device, output_model, output_clip, output_vae):
@@ -158,7 +154,8 @@ def _usable_items(args, cache, need_latents, get_vae=None, vae_id=None):
                          f"run `python -m sonic_diffusion.train check --data {args.data}`")
     items = scan.items
     skipped = {} if need_latents else _bad_images(items)
-    embeds, failed = clap_embeddings([it for it in items if it.stem not in skipped], cache, args.clap, args.window)
+    remaining = [it for it in items if it.stem not in skipped]
+    embeds, failed = clap_embeddings(remaining, cache, args.clap, args.window) if remaining else ({}, {})
     skipped.update(failed)
     latents = {}
     if need_latents:
