@@ -5,8 +5,8 @@ place, so a crash or a kill never leaves half a file under the real name.
 
 Temporary names are ``.<name>.sonic-tmp-<pid>-<random>``: unique per writer, and
 the next write of the same destination (or clean_stale_temps on its folder)
-removes what a killed writer left. Files are created with open()'s permissions,
-so they follow the user's umask (not mkstemp's 0600).
+removes what a killed writer left. Files get the permissions of the user's umask
+(0666 & ~umask), also when the library that wrote them chose 0600 (safetensors does).
 """
 import hashlib
 import os
@@ -62,6 +62,19 @@ def clean_stale_temps(folder, name=None):
     return removed
 
 
+def _umask():
+    try:
+        with open("/proc/self/status") as fh:  # Linux: read without changing it (thread-safe)
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def check_destination(path, overwrite=False, make_parents=False):
     """Raises a one-line error for a destination that cannot be written."""
     path = Path(path)
@@ -83,6 +96,7 @@ def write_atomic(path, write, overwrite=True, make_parents=True):
     tmp = temp_path(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
