@@ -11,6 +11,8 @@ import zipfile
 
 import torch
 
+from .paths import check_regular_file
+
 
 class WeightsFileError(ValueError):
     """The file is missing, damaged, or not a weights file."""
@@ -39,12 +41,8 @@ def load_pickle_weights(path):
 
 
 def _check_file(path):
-    if not os.path.exists(path):
-        raise WeightsFileError(f"weights file not found: {path!r}")
-    if os.path.isdir(path):
-        raise WeightsFileError(f"{path!r} is a folder, not a weights file")
-    if os.path.getsize(path) == 0:
-        raise WeightsFileError(f"weights file {path!r} is empty (0 bytes); download it again")
+    check_regular_file(path, WeightsFileError, what="weights file", missing_fix="check the name and folder",
+                       empty_fix="download it again")
 
 
 def load_safetensors_weights(path):
