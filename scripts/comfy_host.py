@@ -3,6 +3,7 @@ pack loaded through ComfyUI's own custom-node loader. Shared by the tests, the
 workflow builder and the tools; the demo uses the real server instead."""
 import asyncio
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -114,5 +115,6 @@ class Host:
         src = Path(src)
         dest = Path(folder_paths.get_input_directory()) / (name or src.name)
         if not dest.exists():
-            os.symlink(src, dest)
+            # A copy: Load Audio (Sonic) refuses symlinks that lead out of input/.
+            shutil.copyfile(src, dest)
         return dest.name

@@ -82,7 +82,7 @@ def dft_kernels(n_fft=N_FFT):
 
 
 class ClapFrontEnd(torch.nn.Module):
-    """waveform [B, T] at 44.1 kHz -> log-mel [B, frames, 64] in dB, returned as float32.
+    """waveform [B, T] at 44.1 kHz -> log-mel [B, frames, 64] in dB, float32 on x's device.
 
     frames = 1 + T // 320 (centre padding): 441,000 samples -> 1379 frames.
     """
@@ -94,13 +94,16 @@ class ClapFrontEnd(torch.nn.Module):
         self.register_buffer("melW", mel_matrix.detach().to(torch.float32).clone())
 
     def forward(self, x):
-        out_dtype = torch.float32
         # float64 spectrum (and window): float32 rounding leaks a loud tone into quiet
         # bins (up to 0.05 dB there); float64 is ~1e-6 dB off librosa, for ~10 ms a clip.
-        x = x.to(torch.float64)
-        window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device=x.device)
+        # float64 runs on the CPU only (MPS has none, and it is slow on most GPUs):
+        # the log-mel goes back to the input's device as float32.
+        device = x.device
+        x = x.detach().to(device="cpu", dtype=torch.float64)
+        window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
         spec = torch.stft(x, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=window,
                           center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # [B, 513, frames], |X|^2
-        mel = torch.matmul(power.transpose(1, 2), self.melW.to(device=x.device, dtype=torch.float64))  # [B, frames, 64]
-        return torch.log10(torch.clamp(mel, min=AMIN)).mul_(10.0).to(out_dtype)  # ref 1.0, no top_db
+        mel = torch.matmul(power.transpose(1, 2), self.melW.to(device="cpu", dtype=torch.float64))  # [B, frames, 64]
+        logmel = torch.log10(torch.clamp(mel, min=AMIN)).mul_(10.0)  # ref 1.0, no top_db
+        return logmel.to(dtype=torch.float32).to(device=device)

@@ -29,6 +29,8 @@ from collections import OrderedDict
 
 import torch
 
+from .paths import check_regular_file
+
 MAX_TENSORS = 20_000  # the pack's largest file (CLAP 2022, both towers) holds ~500
 MAX_HEADER_BYTES = 8 << 20  # safetensors JSON header; a full SD 1.x checkpoint needs ~0.2 MiB
 MAX_PICKLE_BYTES = 64 << 20  # data.pkl of a PyTorch archive; the pack's files need < 1 MiB
@@ -63,12 +65,8 @@ def _first_line(e):
 
 
 def _check_file(path):
-    if not os.path.exists(path):
-        raise WeightsFileError(f"weights file not found: {path!r}")
-    if os.path.isdir(path):
-        raise WeightsFileError(f"{path!r} is a folder, not a weights file")
-    if os.path.getsize(path) == 0:
-        raise WeightsFileError(f"weights file {path!r} is empty (0 bytes); download it again")
+    check_regular_file(path, WeightsFileError, what="weights file", missing_fix="check the name and folder",
+                       empty_fix="download it again")
 
 
 def sniff_format(path):

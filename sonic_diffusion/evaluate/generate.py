@@ -74,7 +74,10 @@ def _link(folder_kind, src):
     tag = hashlib.sha256(str(src).encode()).hexdigest()[:8]
     dest = dest_dir / f"eval-{tag}-{src.name}"
     if not dest.exists():
-        os.symlink(src, dest)
+        if folder_kind == "input":
+            shutil.copyfile(src, dest)  # Load Audio (Sonic) refuses symlinks out of input/
+        else:
+            os.symlink(src, dest)
     if hasattr(folder_paths, "filename_list_cache"):
         folder_paths.filename_list_cache.clear()
     return dest.name
