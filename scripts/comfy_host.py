@@ -4,6 +4,7 @@ workflow builder and the tools; the demo uses the real server instead."""
 import asyncio
 import logging
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -12,6 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("SONIC_BUILD_DIR", ROOT / ".build"))
 HOST = Path(os.environ.get("SONIC_COMFYUI_DIR", BUILD / "comfyui"))
 PACK_DIR_NAME = "comfyui-sonicdiffusion"
+# (path, error) of each file ComfyUI's loader could not import during boot() (it only logs them).
+IMPORT_FAILURES = []
+
+
+class _ImportFailureLog(logging.Handler):
+    """Collects the paths of ComfyUI's "Cannot import <path> module for custom nodes" warnings."""
+
+    PATTERN = re.compile(r"Cannot import (.+?) module for custom nodes: (.*)", re.S)
+
+    def __init__(self, sink):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record):
+        match = self.PATTERN.search(record.getMessage())
+        if match:
+            self.sink.append((match.group(1), match.group(2)))
 
 
 def boot(base: Path, extra_model_paths=None, cpu=True):
@@ -30,14 +48,22 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
     args.cpu = cpu
     args.base_directory = str(base)
     import folder_paths  # noqa: F401
-    if extra_model_paths is not None:
-        import utils.extra_config
+    # As main.py does, before nodes.py puts comfy/ first on sys.path: otherwise a later
+    # `import utils.install_util` (server.py, via comfy_extras/nodes_images.py) finds
+    # comfy/utils.py as `utils` and core nodes fail to import.
+    import utils.extra_config
 
+    if extra_model_paths is not None:
         utils.extra_config.load_extra_path_config(str(extra_model_paths))
     import nodes
 
     logging.getLogger().setLevel(logging.WARNING)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    failures = _ImportFailureLog(IMPORT_FAILURES)
+    logging.getLogger().addHandler(failures)
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    finally:
+        logging.getLogger().removeHandler(failures)
     key = next((k for k in sys.modules if k.endswith(PACK_DIR_NAME)), None)
     if key is None:
         raise RuntimeError("ComfyUI did not import the pack; see the log above for its import error")
