@@ -88,3 +88,17 @@ def test_core_image_and_video_nodes_are_registered():
     video = Path(comfy_host.HOST) / "comfy_extras" / "nodes_video.py"
     if "CreateVideo" in video.read_text():  # both 0.3.75 and 0.33.0 have it
         assert "CreateVideo" in nodes.NODE_CLASS_MAPPINGS
+
+
+def test_no_torchaudio_job_really_has_none():
+    """In the no-torchaudio job (SONIC_BLOCK_TORCHAUDIO=1, scripts/run_tests.sh) torchaudio does
+    not import and the pack resamples with comfy.audio or its own sinc filter; in the other jobs
+    the venv has it."""
+    import importlib.util
+
+    from sonic_diffusion import resample
+
+    assert (importlib.util.find_spec("torchaudio") is None) == TORCHAUDIO_BLOCKED
+    backend, _ = resample._pick_backend("auto")
+    if TORCHAUDIO_BLOCKED:
+        assert backend in ("comfy", "sinc")
