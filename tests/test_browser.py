@@ -22,6 +22,7 @@ SONIC_CHROMIUM overrides the executable.
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,13 +33,12 @@ import urllib.request
 from pathlib import Path
 
 import nodes
-import numpy as np
 import pytest
-from PIL import Image
 
 import comfy_host
 import workflow_tools
 from conftest import PACK_MODULE, ROOT
+from sonic_diffusion import examples
 from test_workflows import STAND_INS
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -51,9 +51,6 @@ VIEWPORT = {"width": 1600, "height": 1000}
 # The CPU is slow: tiny images and few steps, set through the page's own widgets.
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
          "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}}
-INPUT_AUDIO = {"sonic_example_thunder.wav": "noise_stereo_48k_10s_f32.wav",
-               "sonic_example_birds.wav": "tone440_mono_44k_3s.wav"}
-INPUT_IMAGES = ["sonic_example_control.png", "sonic_example_source.png"]
 
 
 def _chromium():
@@ -122,11 +119,7 @@ def server(chromium, fixture_dir, tmp_path_factory):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not dest.exists():
                     os.symlink(STAND_INS[name](fixture_dir), dest)
-    for name, src in INPUT_AUDIO.items():
-        os.symlink(fixture_dir.audio(src), base / "input" / name)
-    rng = np.random.default_rng(0)
-    for name in INPUT_IMAGES:
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(base / "input" / name)
+    examples.write_examples(base / "input")  # the inputs every shipped workflow uses
     # A returning user: no template browser on first load, no minimap over the screenshots.
     # Readable screenshots: no canvas info overlay, no low-detail node rendering when zoomed out.
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({
@@ -288,6 +281,24 @@ def _fit_view(pg):
     pg.wait_for_timeout(600)
 
 
+def _compare_with_export_api(page, ui, object_info):
+    """The page's own Export (API) (app.graphToPrompt) gives what
+    `python -m sonic_diffusion.workflows to-api` gives: the same nodes, classes, _meta titles
+    and inputs (the page may add values of its frontend-only widgets, e.g. an upload button)."""
+    from sonic_diffusion import workflows
+
+    exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = workflows.ui_to_api(ui, *workflows.object_info_lookups(object_info))
+    assert sorted(exported) == sorted(ours)
+    for node_id, node in ours.items():
+        got = exported[node_id]
+        assert got["class_type"] == node["class_type"] and got["_meta"] == node["_meta"], (got, node)
+        for name, value in node["inputs"].items():
+            assert got["inputs"].get(name) == value, (node["class_type"], name, got["inputs"].get(name), value)
+        extra = set(got["inputs"]) - set(node["inputs"])
+        assert extra <= {"upload", "audioUI"}, (node["class_type"], extra)
+
+
 # --- tests ----------------------------------------------------------------------
 
 def test_there_are_workflows():
@@ -304,6 +315,11 @@ def test_page_registers_every_node_of_the_pack(page, server):
     assert not unreported, f"the server's /object_info lacks {unreported}:\n{server.log_tail()}"
     missing = [n for n in PACK_NODES if n not in registered]
     assert not missing, f"the page does not know {missing}"
+    # The pack's web extensions (web/js) loaded, under their sonicdiffusion.* names.
+    ours = [n for js in sorted((ROOT / "web" / "js").glob("*.js"))
+            for n in re.findall(r"registerExtension\(\{\s*name:\s*\"([^\"]+)\"", js.read_text())]
+    loaded = page.evaluate("() => (window.app.extensions || []).map(e => e.name)")
+    assert ours and set(ours) <= set(loaded), (ours, [n for n in loaded if "sonic" in n.lower()])
 
 
 def test_broken_workflow_shows_the_missing_node_and_model_dialog(page):
@@ -359,6 +375,7 @@ def test_workflow_loads_in_the_page(path, page, server, screenshots):
                     assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
                                                   f"({w['options'][:10]})"
 
+        _compare_with_export_api(page, ui, server.object_info)
         page.mouse.move(25, 600)  # off the Run button's tooltip and the nodes
         _fit_view(page)
         page.screenshot(path=str(screenshots / f"{path.stem}.png"))

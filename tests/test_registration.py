@@ -7,7 +7,7 @@ import comfy_host
 import folder_paths
 import nodes
 
-from conftest import BASE, EXTRA_SONIC_DIR, PACK_MODULE, TORCHAUDIO_BLOCKED
+from conftest import BASE, EXTRA_SONIC_DIR, PACK_MODULE, ROOT, TORCHAUDIO_BLOCKED
 
 EXPECTED_NODES = {
     "SonicLoadAudio": "Load Audio (Sonic)",
@@ -102,3 +102,11 @@ def test_no_torchaudio_job_really_has_none():
     backend, _ = resample._pick_backend("auto")
     if TORCHAUDIO_BLOCKED:
         assert backend in ("comfy", "sinc")
+
+
+def test_web_extensions_are_named_under_the_pack_namespace():
+    """Frontend extension names share one global registry: ours start with `sonicdiffusion.`
+    (lowercase, as comfy-test lint asks); tests/test_browser.py checks the page registers them."""
+    names = [n for js in sorted((ROOT / "web" / "js").glob("*.js"))
+             for n in re.findall(r"registerExtension\(\{\s*name:\s*\"([^\"]+)\"", js.read_text())]
+    assert names and all(re.fullmatch(r"sonicdiffusion\.[A-Za-z0-9_.]+", n) for n in names), names
