@@ -9,6 +9,7 @@
 #                      $SONIC_HOSTS_BUILD_DIR/<tree name> (default .build-hosts/): the tree named
 #                      by SONIC_COMFYUI_DIR (e.g. your own install) and ../shared/hosts/comfyui-0.33.0
 #                      when it exists. Trees are used in place, read only.
+# Their venvs build in the background while the 0.3.75 jobs run.
 # Arguments go to every pytest run (e.g. -q, -x, -k name). SONIC_TEST_JOBS picks jobs by
 # name (space-separated; default: all). Under CI=true a missing further host is an error,
 # and tests/conftest.py fails a skipped browser test. Stand-in weights are generated once,
@@ -46,16 +47,27 @@ fi
 
 wanted() { [ -z "${SONIC_TEST_JOBS:-}" ] || [[ " $SONIC_TEST_JOBS " == *" $1 "* ]]; }
 
-# Builds first (a broken build stops everything), then the jobs.
+# The 0.3.75 host first. The further hosts' venvs build in the background while the first
+# jobs run (pip mostly waits on disk and network, the tests on the CPU); a broken build fails
+# the run before that host's job.
 t0=$SECONDS
 env -u SONIC_COMFYUI_DIR SONIC_BUILD_DIR="$BUILD" bash "$ROOT/scripts/setup_host.sh"
+mkdir -p "$HOSTS_BUILD"
+build_pid=
+build_log=$HOSTS_BUILD/setup.log
+if [ ${#extra_hosts[@]} -gt 0 ]; then
+    (
+        for dir in "${extra_hosts[@]}"; do
+            name=$(basename "$dir")
+            wanted "$name" || continue
+            SONIC_COMFYUI_DIR=$dir SONIC_BUILD_DIR=$HOSTS_BUILD/$name bash "$ROOT/scripts/setup_host.sh" || exit 1
+        done
+    ) > "$build_log" 2>&1 &
+    build_pid=$!
+    say "building the further hosts in the background (log: $build_log)"
+fi
 bash "$ROOT/scripts/setup_browser.sh"
-for dir in "${extra_hosts[@]+"${extra_hosts[@]}"}"; do
-    name=$(basename "$dir")
-    wanted "$name" || continue
-    SONIC_COMFYUI_DIR=$dir SONIC_BUILD_DIR=$HOSTS_BUILD/$name bash "$ROOT/scripts/setup_host.sh"
-done
-say "hosts ready in $((SECONDS - t0)) s"
+say "0.3.75 host ready in $((SECONDS - t0)) s"
 
 cd "$ROOT"
 summary=()
@@ -66,7 +78,7 @@ run_job() {  # name, then env assignments, then --, then pytest arguments
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
-    say "job $name: pytest $*"
+    say "job $name: $*"
     env "${envs[@]}" SONIC_FIXTURE_DIR="$BUILD/fixtures" "$@" || rc=$?
     summary+=("$(printf '%-18s rc=%-3s %5d s' "$name" "$rc" $((SECONDS - start)))")
     [ "$rc" -eq 0 ] || failed=1
@@ -80,6 +92,18 @@ if wanted no-torchaudio; then
     audio_tests=(tests/test_*audio*.py tests/test_clap.py tests/test_registration.py)
     run_job no-torchaudio -u SONIC_COMFYUI_DIR SONIC_BUILD_DIR="$BUILD" SONIC_BLOCK_TORCHAUDIO=1 -- \
         "$BUILD/venv/bin/python" -m pytest "${audio_tests[@]}" -rs "$@"
+fi
+if [ -n "$build_pid" ]; then
+    wait_start=$SECONDS
+    if wait "$build_pid"; then
+        say "further hosts ready (waited $((SECONDS - wait_start)) s for their build)"
+    else
+        grep -v "is ignored: it is neither a file nor a directory" "$build_log" | tail -40 >&2
+        say "ERROR: building a further host failed (log above: $build_log); their jobs do not run"
+        summary+=("$(printf '%-18s FAILED to build' "further hosts")")
+        failed=1
+        extra_hosts=()
+    fi
 fi
 for dir in "${extra_hosts[@]+"${extra_hosts[@]}"}"; do
     name=$(basename "$dir")
