@@ -72,6 +72,9 @@ say "0.3.75 host ready in $((SECONDS - t0)) s"
 cd "$ROOT"
 summary=()
 failed=0
+# A run must leave the checkout as it found it (tests write only to temp folders).
+checkout_state() { git -C "$ROOT" status --porcelain --untracked-files=all 2>/dev/null || true; }
+before=$(checkout_state)
 run_job() {  # name, then env assignments, then --, then pytest arguments
     local name=$1 start=$SECONDS rc=0
     shift
@@ -114,6 +117,13 @@ for dir in "${extra_hosts[@]+"${extra_hosts[@]}"}"; do
         "$HOSTS_BUILD/$name/venv/bin/python" -m pytest tests -rs "$@"
 done
 
+after=$(checkout_state)
+if [ "$before" != "$after" ]; then
+    say "ERROR: the tests changed the checkout (git status before and after differ):"
+    diff <(printf '%s\n' "$before") <(printf '%s\n' "$after") >&2 || true
+    summary+=("checkout           changed by the tests")
+    failed=1
+fi
 say "summary (total $((SECONDS - t0)) s):"
 for line in "${summary[@]+"${summary[@]}"}"; do say "  $line"; done
 exit $failed
