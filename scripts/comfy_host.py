@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("SONIC_BUILD_DIR", ROOT / ".build"))
 HOST = Path(os.environ.get("SONIC_COMFYUI_DIR", BUILD / "comfyui"))
 PACK_DIR_NAME = "comfyui-sonicdiffusion"
+# (path, error) of each module ComfyUI's loader could not import during boot() (it only logs them).
+IMPORT_FAILURES = []
 
 
 def boot(base: Path, extra_model_paths=None, cpu=True):
@@ -21,9 +23,11 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
     os.environ.setdefault("SONIC_COMFYUI_DIR", str(HOST))
     if str(ROOT) not in sys.path:
         sys.path.append(str(ROOT))
-    from sonic_diffusion.host import boot_in_process  # the one in-process boot, shared with evaluate --generate
+    from sonic_diffusion import host as sonic_host  # the one in-process boot, shared with evaluate --generate
 
-    return boot_in_process(base, cpu=cpu, extra_model_paths=extra_model_paths)
+    pack = sonic_host.boot_in_process(base, cpu=cpu, extra_model_paths=extra_model_paths)
+    IMPORT_FAILURES.extend(sonic_host.IMPORT_FAILURES)
+    return pack
 
 
 class _ServerStub:
