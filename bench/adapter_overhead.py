@@ -74,11 +74,8 @@ def main():
     apply = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
     patched = apply.execute(model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
                             end_percent=1.0).result[0]
-    naive = apply.execute(model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-                          end_percent=1.0).result[0]
-    naive_patch = [p for p in naive.model_options["transformer_options"]["patches"]["attn2_output_patch"]
-                   if isinstance(p, SonicAudioPatch)][0]
-    naive_patch.fast = False
+    # The plain formula through the adapter's modules (the patch's training mode).
+    naive = SonicAudioPatch(adapter, adapter.project(e), None, differentiable=True).register(model.clone())
     import comfy.model_management as mm
 
     mm.load_models_gpu([model, adapter.patcher])
