@@ -40,14 +40,15 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # The README shows these; SONIC_SCREENSHOT_DIR sends them elsewhere (e.g. to keep a checkout clean).
 SCREENSHOTS = Path(os.environ.get("SONIC_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
 PACK_NODES = ["SonicLoadAudio", "SonicAudioEncoderLoader", "SonicAudioEncode", "SonicAudioEmbedsMix",
-              "SonicAdapterLoader", "SonicApplyAdapter", "SonicAudioEdit"]
+              "SonicAdapterLoader", "SonicApplyAdapter", "SonicAudioEdit", "SonicEditGuider",
+              "SonicDDIMEditSampler"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                   "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1600, "height": 1000}
 # The CPU is slow: tiny images and few steps, set through the page's own widgets.
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
-         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}}
+         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}, "BasicScheduler": {"steps": 2}}
 INPUT_AUDIO = {"sonic_example_thunder.wav": "noise_stereo_48k_10s_f32.wav",
                "sonic_example_birds.wav": "tone440_mono_44k_3s.wav"}
 INPUT_IMAGES = ["sonic_example_control.png", "sonic_example_source.png"]
