@@ -3,6 +3,7 @@ from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
+from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -13,6 +14,8 @@ NODES = [
     SonicAdapterLoader,
     SonicApplyAdapter,
     SonicAudioEdit,
+    SonicEditGuider,
+    SonicDDIMEditSampler,
 ]
 
 

@@ -17,6 +17,8 @@ EXPECTED_NODES = {
     "SonicAdapterLoader": "Sonic Adapter Loader",
     "SonicApplyAdapter": "Apply Sonic Adapter",
     "SonicAudioEdit": "Audio Edit (Sonic)",
+    "SonicEditGuider": "Sonic Edit Guider",
+    "SonicDDIMEditSampler": "Sonic DDIM Edit Sampler",
 }
 
 

@@ -91,7 +91,7 @@ def test_workflow_executes(path, host, fixture_dir, inputs):
         i = node["inputs"]
         if node["class_type"] in ("EmptyLatentImage", "ImageScale"):
             i.update(width=64, height=64)
-        if node["class_type"] in ("KSampler", "SonicAudioEdit"):
+        if node["class_type"] in ("KSampler", "SonicAudioEdit", "BasicScheduler"):
             i["steps"] = 3
     run = host.run(prompt)
     saved = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
