@@ -3,6 +3,8 @@ from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
+from .animation import SonicAudioEncodeFrames, SonicSharedNoise
+from .guidance import SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -13,6 +15,9 @@ NODES = [
     SonicAdapterLoader,
     SonicApplyAdapter,
     SonicAudioEdit,
+    SonicDualGuider,
+    SonicAudioEncodeFrames,
+    SonicSharedNoise,
 ]
 
 
