@@ -4,7 +4,7 @@
 
 e(-,-): negative prompt with the negative audio; e(t,a): positive prompt with the
 audio; e(t,-): positive prompt with the negative audio. "Negative audio" is what the
-joint guidance gives the negative prompt (docs/design.md, classifier-free guidance):
+joint guidance gives the negative prompt (docs/design.md section 1; labels: section 10.3):
 the null audio tokens, or the tokens of Apply Sonic Adapter's negative_audio_embeds.
 
 The Sonic patch picks tokens per batch chunk from transformer_options["cond_or_uncond"]
