@@ -124,7 +124,12 @@ WORKFLOWS = {
 
 
 def main():
-    comfy_host.boot(Path(tempfile.mkdtemp(prefix="sonic-build-wf-")))
+    base = Path(tempfile.mkdtemp(prefix="sonic-build-wf-"))
+    # Loading an extra_model_paths.yaml imports ComfyUI's utils package first (as main.py
+    # does); without it comfy_extras/nodes_images.py (SaveAnimatedWEBP) fails to import here.
+    yaml = base / "extra_model_paths.yaml"
+    yaml.write_text(f"builder:\n    base_path: {base}\n")
+    comfy_host.boot(base, extra_model_paths=yaml)
     bw.OUT.mkdir(exist_ok=True)
     for name, build in WORKFLOWS.items():
         (bw.OUT / name).write_text(json.dumps(build().to_json(), indent=1) + "\n")

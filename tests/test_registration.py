@@ -15,6 +15,9 @@ EXPECTED_NODES = {
     "SonicAdapterLoader": "Sonic Adapter Loader",
     "SonicApplyAdapter": "Apply Sonic Adapter",
     "SonicAudioEdit": "Audio Edit (Sonic)",
+    "SonicDualGuider": "Sonic Dual Guider (text / audio)",
+    "SonicAudioEncodeFrames": "Audio Encode Frames (Sonic)",
+    "SonicSharedNoise": "Shared Noise (Sonic)",
 }
 
 
