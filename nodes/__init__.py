@@ -4,7 +4,7 @@ from comfy_api.latest import ComfyExtension
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
 from .animation import SonicAudioEncodeFrames, SonicSharedNoise
-from .guidance import SonicDualGuider
+from .guidance import SonicAudioGuidance, SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -16,6 +16,7 @@ NODES = [
     SonicApplyAdapter,
     SonicAudioEdit,
     SonicDualGuider,
+    SonicAudioGuidance,
     SonicAudioEncodeFrames,
     SonicSharedNoise,
 ]

@@ -1,8 +1,15 @@
-"""Sonic Dual Guider: separate text and audio guidance scales (a GUIDER)."""
+"""Sonic Dual Guider (a GUIDER) and Sonic Audio Guidance (KSampler): separate text and
+audio guidance scales."""
 from comfy_api.latest import io
 
-from ..sonic_diffusion.guidance import DualGuider, sonic_patches
+from ..sonic_diffusion.guidance import AudioGuidanceRatio, DualGuider, sonic_patches
 from .common import CATEGORY, NodeInputError, require_finite, schema
+
+
+def _require_audio(node, model):
+    if not sonic_patches(model.model_options):
+        raise NodeInputError(f"{node}: the model carries no audio; connect the MODEL output of "
+                             f"Apply Sonic Adapter.")
 
 
 class SonicDualGuider(io.ComfyNode):
@@ -34,10 +41,38 @@ class SonicDualGuider(io.ComfyNode):
     def execute(cls, model, positive, negative, text_cfg, audio_cfg):
         node = "Sonic Dual Guider (text / audio)"
         require_finite(node, text_cfg=text_cfg, audio_cfg=audio_cfg)
-        if not sonic_patches(model.model_options):
-            raise NodeInputError(f"{node}: the model carries no audio; connect the MODEL output of "
-                                 f"Apply Sonic Adapter, or use the core CFG Guider for text only.")
+        _require_audio(node, model)
         guider = DualGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(text_cfg, audio_cfg)
         return io.NodeOutput(guider)
+
+
+class SonicAudioGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioGuidance",
+            display_name="Sonic Audio Guidance (KSampler)",
+            category=CATEGORY + "/sampling",
+            description="Separate audio guidance for KSampler and every sampler node that takes a MODEL: "
+                        "KSampler's cfg stays the text scale and the audio scale becomes audio_ratio * cfg, "
+                        "with the three predictions in one batched model call per step. Sets the model's "
+                        "calc_cond_batch function (another node that sets it replaces this one).",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL from Apply Sonic Adapter (the audio must be applied)."),
+                io.Float.Input("audio_ratio", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Audio guidance relative to the sampler's cfg: 1 is the joint guidance "
+                                       "(no change), 0 removes the sound from the guidance, 2 doubles it."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, audio_ratio):
+        node = "Sonic Audio Guidance (KSampler)"
+        require_finite(node, audio_ratio=audio_ratio)
+        _require_audio(node, model)
+        patched = model.clone()
+        patched.set_model_sampler_calc_cond_batch_function(AudioGuidanceRatio(audio_ratio))
+        return io.NodeOutput(patched)

@@ -2,6 +2,8 @@
 
 - sonic_dual_guidance.json: Sonic Dual Guider -> SamplerCustomAdvanced (text and audio
   guidance scales apart)
+- sonic_audio_guidance_ksampler.json: Sonic Audio Guidance (KSampler) -> KSampler (the
+  same guidance as a model option)
 - sonic_audio_animation.json: Audio Encode Frames (Sonic) -> one latent per frame with
   Shared Noise (Sonic) -> frames (SaveImage), an animated WEBP and a video with the
   original audio track (CreateVideo -> SaveVideo)
@@ -85,6 +87,33 @@ def dual_guidance():
     return g
 
 
+def ksampler_guidance():
+    g = Graph()
+    ckpt, pos, neg, enc_loader, audio, adapter = _common(g)
+    encode = g.add("SonicAudioEncode", {}, (420, 560))
+    g.link(enc_loader, 0, encode, "audio_encoder")
+    g.link(audio, 0, encode, "audio")
+    apply = g.add("SonicApplyAdapter", {}, (840, 560))
+    g.link(ckpt, 0, apply, "model")
+    g.link(adapter, 0, apply, "sonic_adapter")
+    g.link(encode, 0, apply, "audio_embeds")
+    ratio = g.add("SonicAudioGuidance", {"audio_ratio": 1.6}, (1260, 560))
+    g.link(apply, 0, ratio, "model")
+    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (840, 260))
+    ks = g.add("KSampler", {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"},
+               (1680, 0))
+    g.link(ratio, 0, ks, "model")
+    g.link(pos, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.add("VAEDecode", {}, (2100, 0))
+    g.link(ks, 0, dec, "samples")
+    g.link(ckpt, 2, dec, "vae")
+    save = g.add("SaveImage", {"filename_prefix": "sonic_ksampler_guidance"}, (2520, 0))
+    g.link(dec, 0, save, "images")
+    return g
+
+
 def audio_animation():
     g = Graph()
     ckpt, pos, neg, enc_loader, audio, adapter = _common(g, {"duration": 4.0})
@@ -119,6 +148,7 @@ def audio_animation():
 
 WORKFLOWS = {
     "sonic_dual_guidance.json": dual_guidance,
+    "sonic_audio_guidance_ksampler.json": ksampler_guidance,
     "sonic_audio_animation.json": audio_animation,
 }
 

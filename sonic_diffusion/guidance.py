@@ -97,3 +97,26 @@ class DualGuider(comfy.samplers.CFGGuider):
         if need["positive_without_audio"] and need["positive"]:
             out = out + (e_ta - e_tn) * s_audio
         return out
+
+
+class AudioGuidanceRatio:
+    """The same guidance for KSampler, as model_options["sampler_calc_cond_batch_function"]:
+    with KSampler's cfg s it gives s_text = s and s_audio = ratio * s.
+
+    CFG computes e(-,-) + s * (c - e(-,-)); handing it c = e(t,-) + ratio * (e(t,a) - e(t,-))
+    instead of e(t,a) yields the separate formula, from one calc_cond_batch call.
+    """
+
+    def __init__(self, ratio):
+        self.ratio = float(ratio)
+
+    def __call__(self, args):
+        positive, negative = args["conds"][0], args["conds"][1]
+        model, x, sigma, options = args["model"], args["input"], args["sigma"], args["model_options"]
+        r = self.ratio
+        if r == 1.0 or positive is None:
+            return comfy.samplers.calc_cond_batch(model, [positive, negative], x, sigma, options)
+        conds = [positive if r != 0.0 else None, negative, positive]
+        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(model, conds, x, sigma, with_negative_audio_view(options))
+        cond = e_tn if r == 0.0 else e_tn + (e_ta - e_tn) * r
+        return [cond, e_nn]

@@ -178,6 +178,26 @@ def test_other_patches_see_comfy_labels(parts):
     assert seen and all(sorted(s) == [0, 1, 2] for s in seen)
 
 
+def ratio_model(model, ratio):
+    return nodes.NODE_CLASS_MAPPINGS["SonicAudioGuidance"].execute(model=model, audio_ratio=ratio).result[0]
+
+
+@pytest.mark.parametrize("ratio,rows", [(0.4, [0, 1, 2]), (0.0, [1, 2])])
+def test_ksampler_option_gives_the_same_guidance(parts, predictions, ratio, rows):
+    """KSampler's path (CFGGuider + sampling_function) on the optioned model: text cfg 7.5,
+    audio 7.5 * ratio, one call per step."""
+    p = predictions["null"]
+    spied, calls = spy_calls(ratio_model(p["model"], ratio))
+    close(one_step(cfg_guider(spied, parts["pos"], parts["neg"], 7.5)), formula(p, 7.5, 7.5 * ratio))
+    assert [sorted(c) for c in calls] == [rows]
+
+
+def test_ksampler_option_at_ratio_one_changes_nothing(parts):
+    joint = one_step(cfg_guider(parts["patched"], parts["pos"], parts["neg"], 6.0))
+    same = one_step(cfg_guider(ratio_model(parts["patched"], 1.0), parts["pos"], parts["neg"], 6.0))
+    torch.testing.assert_close(same, joint, rtol=0, atol=0)  # measured: 0 (the stock call)
+
+
 def test_node_errors_name_the_node_and_the_fix(parts):
     node = nodes.NODE_CLASS_MAPPINGS["SonicDualGuider"]
     with pytest.raises(ValueError, match="Sonic Dual Guider.*Apply Sonic Adapter"):
@@ -185,3 +205,8 @@ def test_node_errors_name_the_node_and_the_fix(parts):
     with pytest.raises(ValueError, match="Sonic Dual Guider.*audio_cfg.*finite"):
         node.execute(model=parts["patched"], positive=parts["pos"], negative=parts["neg"], text_cfg=5.0,
                      audio_cfg=float("nan"))
+    ratio = nodes.NODE_CLASS_MAPPINGS["SonicAudioGuidance"]
+    with pytest.raises(ValueError, match="Sonic Audio Guidance.*Apply Sonic Adapter"):
+        ratio.execute(model=parts["model"], audio_ratio=0.5)
+    with pytest.raises(ValueError, match="Sonic Audio Guidance.*audio_ratio.*finite"):
+        ratio.execute(model=parts["patched"], audio_ratio=float("inf"))

@@ -16,6 +16,7 @@ EXPECTED_NODES = {
     "SonicApplyAdapter": "Apply Sonic Adapter",
     "SonicAudioEdit": "Audio Edit (Sonic)",
     "SonicDualGuider": "Sonic Dual Guider (text / audio)",
+    "SonicAudioGuidance": "Sonic Audio Guidance (KSampler)",
     "SonicAudioEncodeFrames": "Audio Encode Frames (Sonic)",
     "SonicSharedNoise": "Shared Noise (Sonic)",
 }
