@@ -4,6 +4,8 @@ from comfy_api.latest import ComfyExtension
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
 from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
+from .animation import SonicAudioEncodeFrames, SonicSharedNoise
+from .guidance import SonicAudioGuidance, SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -16,6 +18,10 @@ NODES = [
     SonicAudioEdit,
     SonicEditGuider,
     SonicDDIMEditSampler,
+    SonicDualGuider,
+    SonicAudioGuidance,
+    SonicAudioEncodeFrames,
+    SonicSharedNoise,
 ]
 
 

@@ -50,7 +50,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 VIEWPORT = {"width": 1600, "height": 1000}
 # The CPU is slow: tiny images and few steps, set through the page's own widgets.
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
-         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}, "BasicScheduler": {"steps": 2}}
+         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}, "BasicScheduler": {"steps": 2},
+         "SonicAudioEncodeFrames": {"fps": 1.0}, "SonicLoadAudio": {"duration": 2.0}}
 
 
 def _chromium():

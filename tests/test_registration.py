@@ -19,6 +19,10 @@ EXPECTED_NODES = {
     "SonicAudioEdit": "Audio Edit (Sonic)",
     "SonicEditGuider": "Sonic Edit Guider",
     "SonicDDIMEditSampler": "Sonic DDIM Edit Sampler",
+    "SonicDualGuider": "Sonic Dual Guider (text / audio)",
+    "SonicAudioGuidance": "Sonic Audio Guidance (KSampler)",
+    "SonicAudioEncodeFrames": "Audio Encode Frames (Sonic)",
+    "SonicSharedNoise": "Shared Noise (Sonic)",
 }
 
 

@@ -93,6 +93,9 @@ def test_workflow_executes(path, host, fixture_dir, inputs):
             i.update(width=64, height=64)
         if node["class_type"] in ("KSampler", "SonicAudioEdit", "BasicScheduler"):
             i["steps"] = 3
+        if node["class_type"] == "SonicAudioEncodeFrames":  # 2 s of audio at 1 fps: 2 frames
+            i["fps"] = 1.0
+            prompt[i["audio"][0]]["inputs"]["duration"] = 2.0
     run = host.run(prompt)
     saved = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
     assert saved, "a workflow should end in SaveImage"
