@@ -479,3 +479,18 @@ def test_fixtures_are_split_by_kind_and_run_from_anywhere(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert sha256(tmp_path / fixtures.GENERATOR_VERSION / "landscape.pt") == sha256(fixtures.FixtureSet(
         tmp_path / "in-process").gates())
+
+
+def test_product_package_holds_no_test_code():
+    """Test helpers live under tests/: no module of sonic_diffusion/ imports a test
+    framework or a mocking library, and none is a testing module."""
+    import re
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "sonic_diffusion"
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        text = path.read_text()
+        if path.stem in ("testing", "conftest") or re.search(r"^\s*(import|from)\s+(unittest|pytest)\b", text, re.M):
+            offenders.append(str(path.relative_to(pkg)))
+    assert offenders == []
