@@ -40,6 +40,11 @@ class SonicAdapterLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         files = folder_paths.get_filename_list(SONIC_FOLDER)
+        # Projectors go to projector_name only; gates, bundles and unrecognised files to
+        # adapter_name (an unknown file then gets the loader's error naming what it holds).
+        kinds = {f: checkpoints.file_kind(folder_paths.get_full_path(SONIC_FOLDER, f)) for f in files}
+        adapters = [f for f in files if kinds[f] != "projector"]
+        projectors = [f for f in files if kinds[f] == "projector"]
         return schema(
             node_id="SonicAdapterLoader",
             display_name="Sonic Adapter Loader",
@@ -48,9 +53,9 @@ class SonicAdapterLoader(io.ComfyNode):
                         "its audio_projector_*.pth) or one SonicDiffusion .safetensors bundle holding both. "
                         "Files live in models/sonic_diffusion.",
             inputs=[
-                io.Combo.Input("adapter_name", options=files,
+                io.Combo.Input("adapter_name", options=adapters,
                                tooltip="The gated attention weights (landscape.pt, greatest_hits.pt) or a bundle."),
-                io.Combo.Input("projector_name", options=[BUNDLED] + files, default=BUNDLED,
+                io.Combo.Input("projector_name", options=[BUNDLED] + projectors, default=BUNDLED,
                                tooltip="The audio projector (audio_projector_landscape.pth / audio_projector_gh.pth). "
                                        "Keep 'bundled' for a .safetensors bundle that already holds it."),
             ],

@@ -185,3 +185,37 @@ def bundle_metadata(sources=(), extra=None):
     meta = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "sources": json.dumps(list(sources))}
     meta.update(extra or {})
     return meta
+
+
+def file_kind(path):
+    """"projector", "gates", "bundle" or None (unknown or unreadable) for a file in
+    models/sonic_diffusion, for the loader's drop-downs. A name starting with
+    ``audio_projector`` is a projector; anything else is told by its header's key
+    names (safe_load: no tensor is read), remembered per (path, size, mtime)."""
+    import os
+
+    if os.path.basename(path).lower().startswith("audio_projector"):
+        return "projector"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _kind_from_header(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _kind_from_header(path, size, mtime_ns):
+    from .safe_load import pickle_header, safetensors_header, sniff_format
+
+    try:
+        kind = sniff_format(path)
+        header = safetensors_header(path)[0] if kind == "safetensors" else pickle_header(path, kind) if kind else None
+    except (ValueError, OSError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    if looks_like_bundle(header):
+        return "bundle"
+    if looks_like_projector(header):
+        return "projector"
+    return "gates" if looks_like_gates(header) or any(".attn_adapter." in str(k) for k in header) else None

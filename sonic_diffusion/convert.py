@@ -105,7 +105,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    host.bootstrap()
+    try:
+        host.bootstrap()
+    except RuntimeError as e:  # ComfyUI not found
+        print(f"convert: {e}", file=sys.stderr)
+        return 2
     try:
         if args.what == "adapter":
             out = convert_adapter(args.gates, args.projector, args.out, args.overwrite, args.dtype)

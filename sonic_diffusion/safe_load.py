@@ -226,6 +226,8 @@ def _zip_header(path, storages):
                                        f"{MAX_PICKLE_BYTES >> 20} MiB this pack reads; refused")
             with zf.open(pkl) as fh:
                 raw = fh.read(MAX_PICKLE_BYTES + 1)
+            if len(raw) > MAX_PICKLE_BYTES:  # its declared size lied
+                raise WeightsFileError(f"{path!r}: its data.pkl inflates past {MAX_PICKLE_BYTES >> 20} MiB; refused")
     except zipfile.BadZipFile as e:
         raise WeightsFileError(f"{path!r} could not be read as a PyTorch weights file ({_first_line(e)}); it is "
                                f"damaged or truncated: download it again") from None

@@ -173,3 +173,26 @@ def test_atomic_writes_clean_up_and_follow_the_umask(tmp_path):
         write_atomic(tmp_path / "out.bin", fails)
     assert (tmp_path / "out.bin").read_bytes() == b"ok"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.bin", other.name])
+
+
+def test_loader_dropdowns_list_each_kind(host, fixture_dir, tmp_path, monkeypatch):
+    """Projectors (by name or by their keys) only under projector_name; gates and bundles
+    under adapter_name; detection reads headers, never tensors."""
+    import nodes
+
+    model = _model(fixture_dir)
+    bundle = checkpoints.save_atomic_safetensors(checkpoints.bundle_tensors(model), tmp_path / "b.safetensors",
+                                                 checkpoints.bundle_metadata())
+    names = {"gates": host.link_model("sonic_diffusion", fixture_dir.gates(), name="dd_gates.pt"),
+             "ldm": host.link_model("sonic_diffusion", fixture_dir.gates(spelling="ldm"), name="dd_ldm.pt"),
+             "named": host.link_model("sonic_diffusion", fixture_dir.projector(), name="audio_projector_dd.pth"),
+             "keyed": host.link_model("sonic_diffusion", fixture_dir.projector(), name="dd_renamed_proj.pth"),
+             "bundle": host.link_model("sonic_diffusion", bundle, name="dd_bundle.safetensors")}
+    _no_materialising(monkeypatch)
+    inputs = {i.id: i for i in nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].define_schema().inputs}
+    adapters, projectors = inputs["adapter_name"].options, inputs["projector_name"].options
+    assert projectors[0] == "bundled (from the adapter file)"
+    for key in ("gates", "ldm", "bundle"):
+        assert names[key] in adapters and names[key] not in projectors, key
+    for key in ("named", "keyed"):
+        assert names[key] in projectors and names[key] not in adapters, key

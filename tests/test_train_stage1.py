@@ -207,8 +207,9 @@ def test_every_image_corrupt_means_no_training(tmp_path, setup, capsys):
     args = _args(setup, tmp_path / "out", "--steps", "1")
     args[args.index("--data") + 1] = str(data)
     assert cli.main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no usable pairs" in err[0] and "train check" in err[0], err
+    err = capsys.readouterr().err.strip().splitlines()  # (warnings per skipped pair,) then the refusal
+    assert err[-1].startswith("error: no usable pairs") and "train check" in err[-1], err
+    assert all("Traceback" not in line for line in err)
     assert not (tmp_path / "out" / "projector.safetensors").exists()
 
 

@@ -168,6 +168,19 @@ class Wav2ClipEmbedder:
         return np.stack(out)
 
 
+class _TorchAnsweringLoad:
+    """torch, except that load() returns the given, already safely read state dict."""
+
+    def __init__(self, state_dict):
+        self._state_dict = state_dict
+
+    def load(self, *args, **kwargs):
+        return self._state_dict
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
 class InceptionFeatures:
     """2048-d pool features of torch-fidelity's FID Inception-v3 (uint8 RGB input)."""
 
@@ -181,23 +194,25 @@ class InceptionFeatures:
     def model(self):
         if self._model is None:
             try:
-                from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+                import torch_fidelity.feature_extractor_inceptionv3 as fe
             except ImportError:
                 raise ModelMissingError(
                     "FID needs the torch-fidelity package (pip install torch-fidelity==0.4.0); "
                     "or leave fid out of --metrics") from None
-            from unittest import mock
-
             from ..safe_load import load_weights_file
 
             # torch-fidelity would unpickle the file itself with weights_only=False. We read
-            # it safely (weights_only=True, code refused) and hand torch-fidelity the tensors:
-            # its torch.load call is answered with them, so no unsafe unpickling ever happens.
+            # it safely (safe_load) and hand torch-fidelity the tensors: while its extractor is
+            # built, the `torch` name in its module is a view of torch whose load() returns them,
+            # so no unsafe unpickling ever happens (and torch itself is left alone).
             try:
                 state_dict, _ = load_weights_file(self.path)
-                with mock.patch("torch.load", lambda *args, **kwargs: state_dict):
-                    model = FeatureExtractorInceptionV3(
+                fe.torch = _TorchAnsweringLoad(state_dict)
+                try:
+                    model = fe.FeatureExtractorInceptionV3(
                         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(self.path))
+                finally:
+                    fe.torch = torch
             except (ValueError, RuntimeError) as e:  # load_state_dict: missing or misshapen tensors
                 raise ModelFileError(f"--inception {self.path}: not torch-fidelity's FID Inception weights "
                                      f"({_first_line(e)[:300]})") from None
