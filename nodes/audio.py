@@ -72,12 +72,14 @@ class SonicLoadAudio(io.ComfyNode):
             display_name="Load Audio (Sonic)",
             category=CATEGORY + "/audio",
             description="Loads an audio file from ComfyUI's input folder (wav, flac, mp3, ogg, m4a...) with PyAV, "
-                        "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node.",
+                        "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node. Only "
+                        "files inside input/output/temp load; at most 30 minutes per load.",
             inputs=[
                 io.Float.Input("start_time", default=0.0, min=0.0, max=1e6, step=0.1,
                                tooltip="Seconds to skip at the start of the file."),
                 io.Float.Input("duration", default=0.0, min=0.0, max=1e6, step=0.1,
-                               tooltip="Seconds to load; 0 loads to the end. Only this window is decoded."),
+                               tooltip="Seconds to load; 0 loads to the end (at most 30 minutes: set a duration "
+                                       "for longer files). Only this window is decoded."),
                 io.Float.Input("gain_db", default=0.0, min=-60.0, max=60.0, step=0.5,
                                tooltip="Volume change in dB. Gain changes the CLAP embedding (the paper's "
                                        "volume adjustment); no normalisation is applied."),
@@ -171,7 +173,8 @@ class SonicAudioEncode(io.ComfyNode):
                                tooltip="Which 10 s of a longer clip to use. The official code picks a random "
                                        "crop; here it is deterministic."),
                 io.Float.Input("offset", default=0.0, min=0.0, max=1e6, step=0.1,
-                               tooltip="Start of the window in seconds, used when window is 'offset'."),
+                               tooltip="Start of the window in seconds, used when window is 'offset'; it must "
+                                       "leave a full 10 s window (0 for clips of 10 s or less)."),
             ],
             outputs=[SonicAudioEmbeds.Output(display_name="audio_embeds")],
         )

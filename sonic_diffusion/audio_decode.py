@@ -132,12 +132,21 @@ def _sample_exact_timestamps(stream, sr):
     return (Fraction(stream.time_base) * sr).numerator == 1
 
 
+def _pts_position(frame, stream, origin, sr):
+    if frame.pts is None:
+        return None
+    return int((frame.pts - origin) * Fraction(frame.time_base or stream.time_base) * sr)
+
+
 def _run_pass(container, stream, sr, window, guard, seek_s):
-    """Decodes into ``window``. With ``seek_s`` the first frame is placed by its
-    timestamp (relative to the stream's start time, the pts of sample 0); otherwise
-    samples are counted from the first decoded one. Returns (status, error):
-    status "ok" (window full or end reached), "overshoot" (the seek landed after the
-    window start) or "empty" (nothing after the seek point)."""
+    """Decodes into ``window``. With ``seek_s`` every frame is placed by its timestamp
+    (relative to the stream's start time, the pts of sample 0), which must continue
+    the previous frame once samples are kept: after a seek some demuxers misplace the
+    first packets (Ogg/Vorbis by a block-size overlap, 448 samples), and later ones
+    correct it. Without ``seek_s`` samples are counted from the first decoded one.
+    Returns (status, error): "ok" (window full or end reached), "overshoot" (the seek
+    landed after the window start, or the timestamps jumped once samples were kept:
+    decode from the start instead) or "empty" (nothing after the seek point)."""
     import av
 
     origin = int(stream.start_time or 0)
@@ -152,14 +161,16 @@ def _run_pass(container, stream, sr, window, guard, seek_s):
             guard()
             if frame.samples == 0:
                 continue
-            if pos is None:
+            if seek_s is not None:
+                placed = _pts_position(frame, stream, origin, sr)
+                if placed is None and pos is None:
+                    return "overshoot", None
+                if placed is not None and placed != pos:
+                    if window.got > 0 or placed > window.start:
+                        return "overshoot", None
+                    pos = placed  # nothing kept yet: re-anchor on the newer timestamp
+            elif pos is None:
                 pos = 0
-                if seek_s is not None:
-                    if frame.pts is None:
-                        return "overshoot", None
-                    pos = int((frame.pts - origin) * Fraction(frame.time_base or stream.time_base) * sr)
-                    if pos > window.start:
-                        return "overshoot", None
             window.add(pos, frame)
             pos += frame.samples
             if window.full():

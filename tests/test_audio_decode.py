@@ -102,6 +102,13 @@ def test_devices_and_fifos_are_refused(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(AudioDecodeError, match="not a regular file"):
         decode_audio(fifo)
+    # The weight loaders share the same check (one helper, sonic_diffusion/paths.py).
+    from sonic_diffusion.safe_load import WeightsFileError, load_weights_file
+
+    for name in ("pipe.pth", "pipe.safetensors"):
+        os.mkfifo(tmp_path / name)
+        with pytest.raises(WeightsFileError, match="not a regular file"):
+            load_weights_file(tmp_path / name)
 
 
 def test_cancel_and_the_time_bound_stop_a_decode(tmp_path):
@@ -134,3 +141,57 @@ def test_load_audio_node_honours_comfyui_cancel(tmp_path):
             nodes.NODE_CLASS_MAPPINGS["SonicLoadAudio"].execute(audio=name, start_time=0.0, duration=0.0, gain_db=0.0)
     finally:
         comfy.model_management.interrupt_current_processing(False)
+
+
+class _MisplacingContainer:
+    """A real container whose first ``count`` frames after a seek carry timestamps
+    ``shift`` ticks early, as FFmpeg's Ogg demuxer gives libvorbis files when a short
+    block follows the seek point (448 samples: the long/short block overlap)."""
+
+    def __init__(self, inner, shift, count):
+        self.inner, self.shift, self.count, self.seeked = inner, shift, count, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.inner.close()
+
+    def seek(self, *args, **kwargs):
+        self.seeked = True
+        return self.inner.seek(*args, **kwargs)
+
+    def decode(self, stream):
+        for i, frame in enumerate(self.inner.decode(stream)):
+            if self.seeked and i < self.count:
+                frame.pts -= self.shift
+            yield frame
+
+
+# Native Vorbis frames after 0.5 s of pre-roll: 3 misplaced frames end before the window
+# (re-anchored on the later timestamps), 80 end inside it (measured), so the decode
+# restarts from the beginning, counting samples.
+@pytest.mark.parametrize("count,restarts", [(3, False), (80, True)])
+def test_misplaced_timestamps_after_a_seek_still_give_the_exact_window(encoded, monkeypatch, count, restarts):
+    import sonic_diffusion.audio_decode as audio_decode
+
+    full, sr = decode_audio(encoded["ogg"])
+    real_open, real_pass = audio_decode._open, audio_decode._run_pass
+    statuses = []
+
+    def watched_pass(*args):
+        result = real_pass(*args)
+        statuses.append(result[0])
+        return result
+
+    monkeypatch.setattr(audio_decode, "_open", lambda av, path: _MisplacingContainer(real_open(av, path), 448, count))
+    monkeypatch.setattr(audio_decode, "_run_pass", watched_pass)
+    for start in (11.11, 13.37, 15.0):
+        statuses.clear()
+        win, _ = decode_audio(encoded["ogg"], start_s=start, duration_s=1.0)
+        first = int(round(start * sr))
+        assert torch.equal(win, full[:, first:first + sr]), start
+        assert ("overshoot" in statuses) == restarts, (start, statuses)

@@ -3,6 +3,7 @@ sample rates at bounded memory, out-of-range and NaN offsets, unit-length embedd
 for silence and clipping, the three mix modes and the ratios list, NaN mix inputs
 blamed on the mix node, and a CLAP front end that never makes float64 on a device."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -190,3 +191,21 @@ def test_frontend_makes_no_float64_tensor_on_a_device():
     on_device = {dtype for dev, dtype, _b in spy.outputs if dev != "cpu"}
     assert torch.float64 not in on_device and torch.float32 in on_device
     assert any(dev == "cpu" and dtype == torch.float64 for dev, dtype, _b in spy.outputs)  # the spectrum ran
+
+
+def test_core_load_audio_output_feeds_audio_encode_like_ours(tmp_path):
+    """Every audio input of the pack takes core Load Audio's AUDIO: the same file gives
+    the same clip through either loader."""
+    import folder_paths
+    from test_hardening import _write
+
+    name = "core_vs_sonic.wav"
+    _write(tmp_path / name, _tone(22050, 2.0, 2), 22050)
+    os.replace(tmp_path / name, os.path.join(folder_paths.get_input_directory(), name))
+    core = nodes.NODE_CLASS_MAPPINGS["LoadAudio"]().load(name)[0]
+    ours = nodes.NODE_CLASS_MAPPINGS["SonicLoadAudio"].execute(audio=name, start_time=0.0, duration=0.0,
+                                                               gain_db=0.0).result[0]
+    assert core["sample_rate"] == ours["sample_rate"] == 22050
+    a = prepare_clip(core["waveform"], core["sample_rate"])
+    b = prepare_clip(ours["waveform"], ours["sample_rate"])
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # both decode int16 with PyAV/FFmpeg: measured 0

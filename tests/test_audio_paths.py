@@ -7,7 +7,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
