@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -123,7 +124,7 @@ class Host:
         import execution
 
         self.executor = execution.PromptExecutor(
-            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # ram_inactive: 0.33.0
         return self.executor
 
     def validate(self, prompt):
@@ -165,5 +166,7 @@ class Host:
         src = Path(src)
         dest = Path(folder_paths.get_input_directory()) / (name or src.name)
         if not dest.exists():
-            os.symlink(src, dest)
+            # A copy, not a symlink: newer ComfyUI (0.33.0) resolves input paths and refuses
+            # links that point out of the input folder.
+            shutil.copyfile(src, dest)
         return dest.name
