@@ -77,7 +77,7 @@ class Host:
         import execution
 
         self.executor = execution.PromptExecutor(
-            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # ram_inactive: 0.33.0
         return self.executor
 
     def validate(self, prompt):
@@ -119,6 +119,6 @@ class Host:
         src = Path(src)
         dest = Path(folder_paths.get_input_directory()) / (name or src.name)
         if not dest.exists():
-            # A copy: Load Audio (Sonic) refuses symlinks that lead out of input/.
+            # A copy: Load Audio (Sonic) and newer ComfyUI (0.33.0) refuse links out of input/.
             shutil.copyfile(src, dest)
         return dest.name
