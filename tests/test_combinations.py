@@ -171,3 +171,58 @@ def test_attn2_replace_pack_on_the_same_blocks(sd15, adapter, embeds, monkeypatc
     out_ip = ksample(only_ip, sd15["pos"], sd15["neg"], steps=1)
     assert (out_both - out_alone).abs().max() > 1e-3  # the replace patch changes the result
     assert (out_both - out_ip).abs().max() > 1e-3     # the adapter changes the result
+
+
+@pytest.fixture(scope="module")
+def lora_and_controlnet(host, fixture_dir, sd15):
+    lora = host.link_model("loras", fixture_dir.lora())
+    model, clip = nodes.LoraLoader().load_lora(sd15["model"], sd15["clip"], lora, 1.0, 1.0)
+    cn = nodes.ControlNetLoader().load_controlnet(host.link_model("controlnet", fixture_dir.controlnet()))[0]
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(8))
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(sd15["pos"], sd15["neg"], cn, image, 1.0, 0.0, 1.0)[:2]
+    return {"model": model, "pos": pos, "neg": neg}
+
+
+def _image(sd15, model, pos, neg):
+    return sd15["vae"].decode(ksample(model, pos, neg, seed=9, steps=2))
+
+
+def test_lora_controlnet_and_adapter_each_act(sd15, adapter, embeds, lora_and_controlnet):
+    """One graph with all three: removing any one changes the image; the adapter at
+    strength 0 gives exactly the graph without it."""
+    lc = lora_and_controlnet
+    full = _image(sd15, apply_adapter(lc["model"], adapter, embeds), lc["pos"], lc["neg"])
+    without = {
+        "LoRA": _image(sd15, apply_adapter(sd15["model"], adapter, embeds), lc["pos"], lc["neg"]),
+        "ControlNet": _image(sd15, apply_adapter(lc["model"], adapter, embeds), sd15["pos"], sd15["neg"]),
+        "adapter": _image(sd15, lc["model"], lc["pos"], lc["neg"]),
+    }
+    for part, img in without.items():
+        diff = float((full - img).abs().max())
+        print(f"without {part}: max |image difference| {diff:.3e}")
+        assert diff > 1e-3, f"{part} has no effect on the image"
+    zero = _image(sd15, apply_adapter(lc["model"], adapter, embeds, strength=0.0), lc["pos"], lc["neg"])
+    assert torch.equal(zero, without["adapter"])
+
+
+def test_window_switches_audio_on_exactly_inside_it(sd15, adapter, embeds, monkeypatch):
+    """start/end percent through the real KSampler: the audio acts on exactly the model
+    calls whose sigma lies in [sigma(end), sigma(start)]."""
+    import comfy.samplers
+
+    start, end, steps = 0.3, 0.7, 6
+    model = apply_adapter(sd15["model"], adapter, embeds, start_percent=start, end_percent=end)
+    sampling = model.get_model_object("model_sampling")
+    hi, lo = sampling.percent_to_sigma(start), sampling.percent_to_sigma(end)
+    with spy_patch_calls(monkeypatch) as calls:
+        ksample(model, sd15["pos"], sd15["neg"], steps=steps)
+    acted = {}
+    for _, key, n_in, n_out, extra in calls:
+        if key in BLOCKS_BY_COMFY_KEY:
+            s = round(float(extra["sigmas"].reshape(-1)[0]), 4)
+            acted.setdefault(s, set()).add(not torch.equal(n_in, n_out))
+    assert all(len(v) == 1 for v in acted.values()), "the audio acted on some blocks of a call but not others"
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", steps)[:-1]
+    expected = {round(float(s), 4): bool(lo <= float(s) <= hi) for s in sigmas}
+    assert {s: v.pop() for s, v in acted.items()} == expected
+    assert set(expected.values()) == {True, False}  # the window really cuts the schedule
