@@ -62,26 +62,39 @@ def _resnet_forward(block, control):
     return forward
 
 
-def build_unet(ldm_state_dict, gates):
+def _unet_weights(checkpoint, unet_config):
+    """The checkpoint's UNet in diffusers names, fp32, read key by key (memory: one copy)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        ldm = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+    converted = convert_ldm_unet_checkpoint(ldm, unet_config)
+    del ldm
+    return {k: converted.pop(k).float() for k in list(converted)}
+
+
+def build_unet(checkpoint, gates):
     """The diffusers UNet with the official adapter modules (loaded strictly by their own key
     names) and the PnP hooks. Returns (unet, control)."""
     from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in ldm_state_dict.items()}, dict(unet.config))
     from diffusers.models.attention_processor import Attention
 
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
     control = Control()
     targets = [unet.mid_block.attentions[0]] + [unet.up_blocks[i].attentions[j] for i in (1, 2, 3) for j in range(3)]
     for spatial in targets:
         tb = spatial.transformer_blocks[0]
         d = tb.norm1.normalized_shape[0]
-        tb.attn_adapter = Attention(query_dim=d, cross_attention_dim=768, heads=8, dim_head=d // 8, bias=False)
-        tb.norm_adapter = nn.LayerNorm(d)
-        tb.gate_adapter = nn.Parameter(torch.zeros(1))
+        with torch.device("meta"):
+            tb.attn_adapter = Attention(query_dim=d, cross_attention_dim=768, heads=8, dim_head=d // 8, bias=False)
+            tb.norm_adapter = nn.LayerNorm(d)
+            tb.gate_adapter = nn.Parameter(torch.zeros(1))
         tb.forward = _adapter_forward(tb, control)
-    unet.load_state_dict({**converted, **{k: v.float() for k, v in gates.items()}}, strict=True)
+    weights = _unet_weights(checkpoint, dict(unet.config))
+    weights.update({k: v.float() for k, v in gates.items()})
+    unet.load_state_dict(weights, strict=True, assign=True)
     for i, j in ATTENTION_BLOCKS:
         unet.up_blocks[i].attentions[j].transformer_blocks[0].attn1.set_processor(PnPAttention(control))
     for i, j in RESNET_BLOCKS:

@@ -112,5 +112,5 @@ def parts(first_run):
     model = run.outputs("ckpt")[0]
     assert model.model.diffusion_model.dtype == torch.float32
     return {"source": model, "patched": run.outputs("apply")[0], "pos": run.outputs("pos")[0],
-            "neg": run.outputs("neg")[0], "latent": run.outputs("venc")[0], "vae": run.outputs("ckpt")[2],
+            "neg": run.outputs("neg")[0], "latent": run.outputs("venc")[0], "clip": run.outputs("ckpt")[1],
             "embeds": run.outputs("enc_a")[0], "adapter": run.outputs("adapter")[0]}

@@ -15,8 +15,10 @@ import comfy.model_management
 import comfy.samplers
 import nodes
 
-from edit_support import A, close, edit_graph, first_run, names, parts, sigma_of, unet_eps  # noqa: F401
+from edit_support import A, close, edit_graph, sigma_of, unet_eps
 from sonic_diffusion import edit
+
+pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
 
 NODE = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"]
 

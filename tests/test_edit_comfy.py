@@ -5,12 +5,11 @@ inversion cache, all observed from outside."""
 import pytest
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
 import nodes
 
-from edit_support import first_run, inversion_calls, names, parts, unet_calls  # noqa: F401
 from sonic_diffusion import edit
+
+pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
 
 EDIT = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"]
 STEPS = 3

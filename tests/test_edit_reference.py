@@ -4,12 +4,12 @@ Plug-and-Play loop written plainly on a diffusers UNet with the adapter's plain 
 import pytest
 import torch
 
-import comfy.utils
 import nodes
 
 import edit_reference
-from edit_support import first_run, names, parts  # noqa: F401
 from sonic_diffusion import edit
+
+pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
 from sonic_diffusion.safe_load import load_weights_file
 
 STEPS = 4
@@ -17,11 +17,8 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def reference(fixture_dir, parts):
-    sd = comfy.utils.load_torch_file(str(fixture_dir.full_checkpoint(clip=True, vae=True)))
-    unet_sd = {k: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
-    del sd
     gates, _ = load_weights_file(fixture_dir.gates())
-    return edit_reference.build_unet(unet_sd, gates)
+    return edit_reference.build_unet(fixture_dir.full_checkpoint(clip=True, vae=True), gates)
 
 
 @pytest.fixture(scope="module")

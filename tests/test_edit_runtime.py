@@ -10,8 +10,10 @@ import comfy.model_management as mm
 import comfy.utils
 import nodes
 
-from edit_support import first_run, inversion_calls, names, parts, unet_calls  # noqa: F401
+from edit_support import inversion_calls, unet_calls
 from sonic_diffusion import edit
+
+pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
 
 EDIT = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"]
 STEPS = 3
@@ -79,11 +81,11 @@ def _inversions(parts, **kw):
     return inversion_calls(calls), out
 
 
-def test_inversion_cache_reused_for_prompt_cfg_fractions_and_audio(parts, host, names):
+def test_inversion_cache_reused_for_prompt_cfg_fractions_and_audio(parts):
     latent = fresh_latent(parts, 31)
     first, a = _inversions(parts, latent=latent)
     assert first == STEPS
-    clip = parts_clip(host, names)
+    clip = parts["clip"]
     other_prompt = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, "a stormy sky")[0]
     embeds = parts["embeds"]
     other_audio = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
@@ -98,10 +100,10 @@ def test_inversion_cache_reused_for_prompt_cfg_fractions_and_audio(parts, host, 
     assert count == 0 and torch.equal(again, a)
 
 
-def test_inversion_cache_invalidated_by_source_negative_steps_and_model(parts, host, names):
+def test_inversion_cache_invalidated_by_source_negative_steps_and_model(parts):
     latent = fresh_latent(parts, 41)
     assert _inversions(parts, latent=latent)[0] == STEPS
-    clip = parts_clip(host, names)
+    clip = parts["clip"]
     other_negative = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, "blurry")[0]
     lora_like = parts["patched"].clone()
     key = next(k for k in lora_like.model.state_dict() if k.endswith("output_blocks.4.0.out_layers.3.weight"))
@@ -111,12 +113,6 @@ def test_inversion_cache_invalidated_by_source_negative_steps_and_model(parts, h
                              (dict(latent=latent, steps=STEPS + 1), STEPS + 1),
                              (dict(latent=latent, model=lora_like), STEPS)):
         assert _inversions(parts, **change)[0] == expected, sorted(change)
-
-
-def parts_clip(host, names):
-    from edit_support import edit_graph
-
-    return host.run(edit_graph(names)).outputs("ckpt")[1]
 
 
 def test_cache_holds_weak_references_only(parts):
