@@ -3,6 +3,9 @@ from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
+from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
+from .animation import SonicAudioEncodeFrames, SonicSharedNoise
+from .guidance import SonicAudioGuidance, SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
@@ -13,6 +16,12 @@ NODES = [
     SonicAdapterLoader,
     SonicApplyAdapter,
     SonicAudioEdit,
+    SonicEditGuider,
+    SonicDDIMEditSampler,
+    SonicDualGuider,
+    SonicAudioGuidance,
+    SonicAudioEncodeFrames,
+    SonicSharedNoise,
 ]
 
 

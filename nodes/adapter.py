@@ -3,11 +3,12 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..sonic_diffusion import checkpoints
+from ..sonic_diffusion.blocks import BLOCK_PRESETS, BLOCK_SITE_NAMES, BlockWeightsError, parse_block_weights
 from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
 from ..sonic_diffusion.patch import SonicAudioPatch
-from ..sonic_diffusion.runtime import SonicAdapter
+from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, schema
+from .common import CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, require_finite, schema
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
@@ -20,6 +21,19 @@ def _load(folder_name, node):
     except ValueError as e:
         raise NodeInputError(f"{node}: {e}") from None
     return path, sd
+
+
+def _site_weights(node, preset, text):
+    """The ten per-site weights: block_weights when given, else the preset."""
+    if text and text.strip():
+        try:
+            return parse_block_weights(text)
+        except BlockWeightsError as e:
+            raise NodeInputError(f"{node}: {e}. Give ten numbers or leave block_weights empty to use "
+                                 f"block_preset.") from None
+    if preset not in BLOCK_PRESETS:
+        raise NodeInputError(f"{node}: unknown block_preset {preset!r}; choose one of: {', '.join(BLOCK_PRESETS)}.")
+    return BLOCK_PRESETS[preset]
 
 
 class SonicAdapterLoader(io.ComfyNode):
@@ -92,14 +106,25 @@ class SonicApplyAdapter(io.ComfyNode):
                 SonicAudioEmbeds.Input("negative_audio_embeds", optional=True,
                                        tooltip="Audio for the negative prompt; default: the null audio "
                                                "(the projector's output for a zero embedding), as in the paper."),
+                # Appended last and optional, so saved workflows (positional widget values) still load.
+                io.Combo.Input("block_preset", options=list(BLOCK_PRESETS), default="all", optional=True,
+                               tooltip="Which of the ten adapter sites get the audio: 'all' as published; the "
+                                       "middle and coarse sites (output 3-5) shape the layout, the fine ones "
+                                       "(output 9-11) texture and colour."),
+                io.String.Input("block_weights", default="", optional=True,
+                                tooltip=f"Overrides block_preset when not empty: ten numbers, one per site in "
+                                        f"the order {BLOCK_SITE_NAMES}, e.g. '1, 1, 1, 1, 0.5, 0.5, 0.5, 0, 0, 0'. "
+                                        f"Each multiplies strength at its site; 0 turns the site off."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, sonic_adapter, audio_embeds, strength, start_percent, end_percent,
-                negative_audio_embeds=None):
+                negative_audio_embeds=None, block_preset="all", block_weights=""):
         node = "Apply Sonic Adapter"
+        require_finite(node, strength=strength, start_percent=start_percent, end_percent=end_percent)
+        weights = _site_weights(node, block_preset, block_weights)
         if start_percent > end_percent:
             raise NodeInputError(f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); "
                                  f"swap them.")
@@ -110,6 +135,7 @@ class SonicApplyAdapter(io.ComfyNode):
         for name, emb in (("audio_embeds", audio_embeds), ("negative_audio_embeds", negative_audio_embeds)):
             if emb is not None and not bool(emb.isfinite().all()):
                 raise NodeInputError(f"{node}: {name} holds NaN or Inf values; re-encode the audio.")
+        sonic_adapter = sonic_adapter.with_block_dtype(resident_dtype(model))
         cond = sonic_adapter.project(audio_embeds)
         uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else None
         sigma_start = sigma_end = None
@@ -117,7 +143,7 @@ class SonicApplyAdapter(io.ComfyNode):
             sampling = model.get_model_object("model_sampling")
             sigma_start = sampling.percent_to_sigma(start_percent)
             sigma_end = sampling.percent_to_sigma(end_percent)
-        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end)
+        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end, block_weights=weights)
         patched = model.clone()
         patch.register(patched)
         return io.NodeOutput(patched)

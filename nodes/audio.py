@@ -1,6 +1,7 @@
 """Load Audio (Sonic), Audio Encoder Loader (Sonic), Audio Encode (Sonic), Audio Embeds Mix (Sonic)."""
 import hashlib
 import os
+import stat
 
 import comfy.model_management
 import comfy.utils
@@ -9,11 +10,27 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion import mixing
 from ..sonic_diffusion.audio_decode import AudioDecodeError, decode_audio
-from ..sonic_diffusion.audio_prep import prepare_clip
+from ..sonic_diffusion.audio_prep import check_window_offset, prepare_clip
 from ..sonic_diffusion.clap import ClapEncoder, ClapWeightsError, load_clap_state_dict
+from ..sonic_diffusion.paths import PathRefusedError, check_regular_file, is_inside, resolve_confined
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, schema
+from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, require_finite, schema
 from .folders import CLAP_FOLDER
+
+LOAD_NODE = "Load Audio (Sonic)"
+
+
+def _allowed_roots():
+    """Load Audio (Sonic) reads only inside these folders (after resolving symlinks)."""
+    return [folder_paths.get_input_directory(), folder_paths.get_output_directory(),
+            folder_paths.get_temp_directory()]
+
+
+def _listable(path, roots):
+    try:
+        return is_inside(path, roots) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _audio_files():
@@ -22,8 +39,29 @@ def _audio_files():
         names = os.listdir(input_dir)
     except FileNotFoundError:
         return []
-    files = [f for f in names if os.path.isfile(os.path.join(input_dir, f))]
+    roots = _allowed_roots()
+    files = [f for f in names if _listable(os.path.join(input_dir, f), roots)]
     return sorted(folder_paths.filter_files_content_types(files, ["audio", "video"]))
+
+
+def _resolve_audio(audio):
+    """The real path of the chosen file (``name``, ``name [output]``, ``name [temp]``),
+    confined to input/output/temp and checked to be a non-empty regular file."""
+    path = folder_paths.get_annotated_filepath(audio)
+    try:
+        real = resolve_confined(path, _allowed_roots())
+        check_regular_file(real, AudioDecodeError, what="audio file",
+                           missing_fix="upload it or pick another file", empty_fix="re-export or re-upload it")
+    except PathRefusedError as e:
+        raise NodeInputError(f"{LOAD_NODE}: {audio!r}: {e}.") from None
+    except AudioDecodeError as e:
+        raise NodeInputError(f"{LOAD_NODE}: {_name_only(e, path, audio)}") from None
+    return real
+
+
+def _name_only(error, path, audio):
+    """The error with the server-side path replaced by the name the user chose."""
+    return str(error).replace(repr(path), repr(audio)).replace(repr(os.path.realpath(path)), repr(audio))
 
 
 class SonicLoadAudio(io.ComfyNode):
@@ -52,29 +90,40 @@ class SonicLoadAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, start_time, duration, gain_db):
-        path = folder_paths.get_annotated_filepath(audio)
+        require_finite(LOAD_NODE, start_time=start_time, duration=duration, gain_db=gain_db)
+        path = _resolve_audio(audio)
         try:
-            waveform, rate = decode_audio(path, start_s=start_time, duration_s=duration, gain_db=gain_db)
+            waveform, rate = decode_audio(
+                path, start_s=start_time, duration_s=duration, gain_db=gain_db,
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         except AudioDecodeError as e:
-            raise NodeInputError(f"Load Audio (Sonic): {e}") from None
+            raise NodeInputError(f"{LOAD_NODE}: {_name_only(e, path, audio)}") from None
         return io.NodeOutput({"waveform": waveform.unsqueeze(0), "sample_rate": rate})
 
     @classmethod
     def fingerprint_inputs(cls, audio, start_time, duration, gain_db):
-        # The file's content, not its name, decides whether the cached output is still valid.
+        # The file's content, not its name, decides whether the cached output is still
+        # valid; a refused or missing file is never opened (validate_inputs reports it).
+        try:
+            path = _resolve_audio(audio)
+        except NodeInputError:
+            return f"unavailable:{audio}"
         h = hashlib.sha256()
         try:
-            with open(folder_paths.get_annotated_filepath(audio), "rb") as f:
+            with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
-        except (OSError, ValueError):
-            return f"missing:{audio}"
+        except OSError:
+            return f"unavailable:{audio}"
         return f"{h.hexdigest()}:{start_time}:{duration}:{gain_db}"
 
     @classmethod
-    def validate_inputs(cls, audio, **kwargs):
-        if not folder_paths.exists_annotated_filepath(audio):
-            return f"Load Audio (Sonic): no file named {audio} in the input folder; upload it or pick another."
+    def validate_inputs(cls, audio):
+        # Only `audio`: ComfyUI skips its own min/max checks for every input named here.
+        try:
+            _resolve_audio(audio)
+        except NodeInputError as e:
+            return str(e)
         return True
 
 
@@ -132,7 +181,9 @@ class SonicAudioEncode(io.ComfyNode):
         node = "Audio Encode (Sonic)"
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+        require_finite(node, offset=offset)
         try:
+            check_window_offset(audio["waveform"], audio["sample_rate"], window, offset)
             clips = prepare_clip(audio["waveform"], audio["sample_rate"], window=window, offset_s=offset)
         except ValueError as e:
             raise NodeInputError(f"{node}: {e}") from None
@@ -173,6 +224,7 @@ class SonicAudioEmbedsMix(io.ComfyNode):
     @classmethod
     def execute(cls, embeds_a, embeds_b, mode, ratio, ratios="", weight_a=1.0, weight_b=1.0):
         node = "Audio Embeds Mix (Sonic)"
+        require_finite(node, ratio=ratio, weight_a=weight_a, weight_b=weight_b)
         try:
             if mode == "weighted_sum":
                 return io.NodeOutput(mixing.weighted_sum(embeds_a, embeds_b, weight_a, weight_b))

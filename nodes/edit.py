@@ -1,13 +1,20 @@
-"""Audio Edit (Sonic): DDIM inversion + Plug-and-Play editing of an encoded image."""
+"""Audio Edit (Sonic): DDIM inversion + Plug-and-Play editing of an encoded image, in one node
+(the same guider and sampler as Sonic Edit Guider + Sonic DDIM Edit Sampler)."""
+import latent_preview
+
+import comfy.model_management
 from comfy_api.latest import io
 
-from ..sonic_diffusion import pnp
-from .common import CATEGORY, NodeInputError, schema
+from ..sonic_diffusion import edit
+from .common import CATEGORY, NodeInputError, require_finite, schema
 
 NODE = "Audio Edit (Sonic)"
 
 
 class SonicAudioEdit(io.ComfyNode):
+    # The node's inversion cache: weak references only, latents of the last two inversions.
+    inversions = edit.InversionCache(2)
+
     @classmethod
     def define_schema(cls):
         return schema(
@@ -16,7 +23,8 @@ class SonicAudioEdit(io.ComfyNode):
             category=CATEGORY,
             description="Changes an existing image by the sound while keeping its layout (SonicDiffusion's editing, "
                         "Plug-and-Play over DDIM inversion): the source latent is inverted to noise with the empty "
-                        "prompt and the audio off, then sampled again with DDIM (eta 0) and guidance, while the "
+                        "prompt and the audio off, then sampled again with DDIM (eta 0) and guidance through "
+                        "ComfyUI's own sampling (ControlNet and other conditioning act as in KSampler), while the "
                         "self-attention queries/keys (output blocks 4-11) and the ResBlock features (output blocks "
                         "4-5) of the source are injected during the first steps. The inversion is cached: queueing "
                         "the same image and model again only re-runs the sampling. Deterministic: no seed.",
@@ -25,7 +33,8 @@ class SonicAudioEdit(io.ComfyNode):
                                                 "acts on the edit). Without the adapter this is plain text-driven "
                                                 "Plug-and-Play editing."),
                 io.Conditioning.Input("positive", tooltip="The edit prompt from CLIP Text Encode; may be empty "
-                                                          "(audio-only edit, as in the paper)."),
+                                                          "(audio-only edit, as in the paper). ControlNet, area "
+                                                          "and GLIGEN conditioning act on the edit as in KSampler."),
                 io.Conditioning.Input("negative", tooltip="CLIP Text Encode of the empty prompt \"\": it is the "
                                                           "unconditional branch and also the inversion prompt."),
                 io.Latent.Input("latent", tooltip="The source image, encoded by VAE Encode with the SD 1.x "
@@ -48,10 +57,13 @@ class SonicAudioEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, attention_injection, feature_injection):
+        require_finite(NODE, cfg=cfg, attention_injection=attention_injection, feature_injection=feature_injection)
+        callback = latent_preview.prepare_callback(model, 2 * int(steps))
         try:
-            out, _state = pnp.audio_edit(model, positive, negative, latent, steps=steps, cfg=cfg,
-                                         attention_injection=attention_injection,
-                                         feature_injection=feature_injection)
-        except pnp.EditInputError as e:
+            out = edit.audio_edit(model, positive, negative, latent, steps=steps, cfg=cfg,
+                                  attention_injection=attention_injection, feature_injection=feature_injection,
+                                  inversions=cls.inversions, callback=callback)
+        except edit.EditInputError as e:
             raise NodeInputError(f"{NODE}: {e}") from None
+        out["samples"] = out["samples"].to(comfy.model_management.intermediate_device())
         return io.NodeOutput(out)

@@ -69,14 +69,38 @@ def stand_in_models(base):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", help="a ComfyUI models folder with the REAL weights (read only); default: random stand-ins")
-    ap.add_argument("--audio", help="an audio file to use (default: a generated thunder-like noise clip)")
-    ap.add_argument("--out", default=str(ROOT / "demo_output"), help="where the images go (default: demo_output/)")
+    ap.add_argument("--audio", help="an audio file to use (default: the example thunder clip made by "
+                                    "python -m sonic_diffusion.examples)")
+    ap.add_argument("--out", default=str(ROOT / "demo_output"),
+                    help="each run saves into a new folder <out>/<date-time>/ (default: demo_output/)")
     ap.add_argument("--size", type=int, default=128, help="image size (default 128: a CPU is slow)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="sonic-demo-"))
+    try:
+        run(args, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the server's folders and log; the images are copied out
+
+
+def run_folder(out):
+    """A new folder under `out` for this run, so earlier images are never overwritten."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = Path(out) / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise SystemExit(f"[demo] cannot make a new run folder in {out}")
+
+
+def prepare(args, base):
+    """The server's base folder: this pack, the models (stand-ins or --models), the inputs.
+    Returns the extra server arguments."""
     for sub in ("custom_nodes", "input", "output", "models"):
         (base / sub).mkdir()
     os.symlink(ROOT, base / "custom_nodes" / comfy_host.PACK_DIR_NAME)
@@ -88,76 +112,101 @@ def main():
         yaml.write_text("real_models:\n" + "".join(f"    {f}: {m / f}\n" for f in folders))
         extra = ["--extra-model-paths-config", str(yaml)]
         print(f"[demo] using the real weights in {m}")
-    fs = stand_in_models(base) if not args.models else None
-    audio = Path(args.audio) if args.audio else fs.audio("noise_stereo_48k_10s_f32.wav") if fs else None
-    if audio is None:
-        sys.exit("[demo] give --audio FILE together with --models")
-    shutil.copy(audio, base / "input" / "sonic_example_thunder.wav")
+    else:
+        stand_in_models(base)
+    from sonic_diffusion import examples
 
+    examples.write_examples(base / "input")  # every input the workflows use
+    if args.audio:
+        if not Path(args.audio).is_file():
+            sys.exit(f"[demo] --audio {args.audio}: no such file")
+        shutil.copy(args.audio, base / "input" / "sonic_example_thunder.wav")
+    return extra
+
+
+def wait_for_server(server, port):
+    print(f"[demo] ComfyUI server starting on 127.0.0.1:{port}")
+    for _ in range(240):
+        try:
+            object_info = http(port, "/object_info")
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if server.poll() is not None:
+                sys.exit("[demo] the server exited")
+            time.sleep(0.5)
+    else:
+        sys.exit("[demo] the server did not come up in 120 s")
+    missing = [n for n in ("SonicApplyAdapter", "SonicAudioEncode") if n not in object_info]
+    if missing:
+        sys.exit(f"[demo] the pack's nodes are not registered ({missing})")
+    return object_info
+
+
+def queue_and_wait(server, port, prompt, args):
+    """Queues the prompt and returns its history entry once it has finished."""
+    try:
+        answer = http(port, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    except urllib.error.HTTPError as e:
+        sys.exit(f"[demo] the server refused the workflow: {e.read().decode()[:2000]}")
+    pid = answer["prompt_id"]
+    print(f"[demo] queued {WORKFLOW.name} as {pid}; sampling {args.steps} steps at {args.size}x{args.size} on the CPU")
+    while True:
+        hist = http(port, f"/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            entry = hist[pid]
+            if entry["status"].get("status_str") == "error":
+                msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+                sys.exit(f"[demo] the workflow failed: {msgs[0][1].get('exception_message') if msgs else entry}")
+            if entry.get("outputs"):
+                return entry
+        if server.poll() is not None:
+            sys.exit("[demo] the server died")
+        time.sleep(1.0)
+
+
+def save_images(port, entry, out):
+    saved = []
+    for node_out in entry["outputs"].values():
+        for img in node_out.get("images", []):
+            q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img["subfolder"], "type": img["type"]})
+            dest = out / img["filename"]
+            dest.write_bytes(http(port, f"/view?{q}"))
+            saved.append(dest)
+    return saved
+
+
+REAL_WEIGHTS_HINT = (
+    "[demo] NOTE: these images come from RANDOM stand-in weights generated here, so they look like noise.\n"
+    "[demo] For real images: put v1-5-pruned-emaonly-fp16.safetensors (models/checkpoints), "
+    "CLAP_weights_2022.pth (models/audio_encoders),\n"
+    "[demo] landscape.pt and audio_projector_landscape.pth (models/sonic_diffusion) in a models folder and run\n"
+    "[demo]   bash scripts/demo.sh --models /path/to/ComfyUI/models --audio my_sound.wav --size 512 --steps 30")
+
+
+def run(args, base):
+    extra = prepare(args, base)
     port = free_port()
     log = open(base / "server.log", "w")
+    failed = True
     server = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
          str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra],
         cwd=comfy_host.HOST, stdout=log, stderr=subprocess.STDOUT)
     try:
-        print(f"[demo] ComfyUI server starting on 127.0.0.1:{port} (log: {base / 'server.log'})")
-        for _ in range(240):
-            try:
-                object_info = http(port, "/object_info")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if server.poll() is not None:
-                    sys.exit(f"[demo] the server exited; see {base / 'server.log'}")
-                time.sleep(0.5)
-        else:
-            sys.exit("[demo] the server did not come up in 120 s")
-        missing = [n for n in ("SonicApplyAdapter", "SonicAudioEncode") if n not in object_info]
-        if missing:
-            sys.exit(f"[demo] the pack's nodes are not registered ({missing}); see {base / 'server.log'}")
-        workflow_tools.use_object_info(object_info)
+        workflow_tools.use_object_info(wait_for_server(server, port))
         prompt = workflow_tools.ui_to_api(workflow_tools.load(WORKFLOW))
         for node in prompt.values():
             if node["class_type"] == "EmptyLatentImage":
                 node["inputs"].update(width=args.size, height=args.size)
             if node["class_type"] == "KSampler":
                 node["inputs"].update(steps=args.steps, seed=args.seed)
-        client = str(uuid.uuid4())
-        try:
-            answer = http(port, "/prompt", {"prompt": prompt, "client_id": client})
-        except urllib.error.HTTPError as e:
-            sys.exit(f"[demo] the server refused the workflow: {e.read().decode()[:2000]}")
-        pid = answer["prompt_id"]
-        print(f"[demo] queued {WORKFLOW.name} as {pid}; sampling {args.steps} steps at {args.size}x{args.size} on the CPU")
         t0 = time.time()
-        while True:
-            hist = http(port, f"/history/{pid}")
-            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
-                entry = hist[pid]
-                if entry["status"].get("status_str") == "error":
-                    msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
-                    sys.exit(f"[demo] the workflow failed: {msgs[0][1].get('exception_message') if msgs else entry}")
-                if entry.get("outputs"):
-                    break
-            if server.poll() is not None:
-                sys.exit(f"[demo] the server died; see {base / 'server.log'}")
-            time.sleep(1.0)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        saved = []
-        for node_out in entry["outputs"].values():
-            for img in node_out.get("images", []):
-                q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img["subfolder"], "type": img["type"]})
-                dest = out / img["filename"]
-                dest.write_bytes(http(port, f"/view?{q}"))
-                saved.append(dest)
+        entry = queue_and_wait(server, port, prompt, args)
+        saved = save_images(port, entry, run_folder(args.out))
         print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
         if not args.models:
-            print("[demo] NOTE: these images come from RANDOM stand-in weights generated here, so they look like noise.\n"
-                  "[demo] For real images: put v1-5-pruned-emaonly-fp16.safetensors (models/checkpoints), "
-                  "CLAP_weights_2022.pth (models/audio_encoders),\n"
-                  "[demo] landscape.pt and audio_projector_landscape.pth (models/sonic_diffusion) in a models folder and run\n"
-                  "[demo]   bash scripts/demo.sh --models /path/to/ComfyUI/models --audio my_sound.wav")
+            print(REAL_WEIGHTS_HINT)
+        failed = False
     finally:
         server.terminate()
         try:
@@ -165,6 +214,9 @@ def main():
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        if failed:  # the temp folder goes away: show the end of the server's log now
+            print("[demo] the server's log ends with:\n" + (base / "server.log").read_text(errors="replace")[-3000:],
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":

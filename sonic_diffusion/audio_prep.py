@@ -36,6 +36,44 @@ def window_start(total, window="start", offset_s=0.0, sample_rate=CLAP_SAMPLE_RA
     raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
 
 
+# Rates outside this range are refused with a clear error (1,000,003 Hz is no audio
+# file anyone records; it would only make the resampling filter enormous).
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+
+
+def check_sample_rate(sample_rate):
+    """int(sample_rate), or ValueError outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE."""
+    rate = int(sample_rate)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; "
+                         "resample the file to a common rate (e.g. 44100 or 48000 Hz)")
+    return rate
+
+
+def max_window_offset_s(samples, sample_rate):
+    """Largest window offset (seconds) that still fits a full 10 s window in a clip of
+    ``samples`` at ``sample_rate``; 0 for clips of 10 s or less (used whole)."""
+    total = output_length(int(samples), int(sample_rate), CLAP_SAMPLE_RATE)
+    return max(total - CLAP_CLIP_SAMPLES, 0) / CLAP_SAMPLE_RATE
+
+
+def check_window_offset(waveform, sample_rate, window, offset_s):
+    """ValueError when ``window`` is "offset" and ``offset_s`` lies past the last 10 s
+    window of the clip (window_start would otherwise clamp it silently)."""
+    if window != "offset":
+        return
+    samples = int(waveform.shape[-1])
+    limit = max_window_offset_s(samples, check_sample_rate(sample_rate))
+    if float(offset_s) > limit + 0.5 / CLAP_SAMPLE_RATE:
+        length = samples / int(sample_rate)
+        if limit == 0:
+            hint = "the clip is 10 s or shorter and is used whole: set offset to 0"
+        else:
+            hint = f"use an offset between 0 and {limit:.3f} s"
+        raise ValueError(f"offset {float(offset_s):g} s is past the last 10 s window of the {length:.3f} s clip; {hint}")
+
+
 def _tile(x, length):
     reps = -(-length // x.shape[-1])
     return x.repeat(1, reps)[:, :length]
@@ -49,9 +87,7 @@ def prepare_clip(waveform, sample_rate, window="start", offset_s=0.0):
     """
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
-    sample_rate = int(sample_rate)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    sample_rate = check_sample_rate(sample_rate)
     x = _as_batch(waveform)
     b, c, t = x.shape
     if b == 0 or c == 0 or t == 0:

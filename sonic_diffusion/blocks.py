@@ -51,3 +51,40 @@ BLOCK_TENSOR_SHAPES = {
     "norm_adapter.bias": lambda d: (d,),
     "gate_adapter": lambda d: (1,),
 }
+
+
+# Per-site weights, one number per entry of ADAPTER_BLOCKS (middle, output 3..11).
+# The low-resolution sites shape the layout, the high-resolution ones texture and
+# colour (the IPAdapter users' "layout vs. style" split).
+BLOCK_PRESETS = {
+    "all": (1.0,) * 10,
+    "middle only": (1.0,) + (0.0,) * 9,
+    "middle + coarse (output 3-5)": (1.0,) * 4 + (0.0,) * 6,
+    "coarse (output 3-5)": (0.0,) + (1.0,) * 3 + (0.0,) * 6,
+    "medium (output 6-8)": (0.0,) * 4 + (1.0,) * 3 + (0.0,) * 3,
+    "fine (output 9-11)": (0.0,) * 7 + (1.0,) * 3,
+}
+BLOCK_SITE_NAMES = ", ".join(("middle",) + tuple(f"output {b.comfy_block[1]}" for b in ADAPTER_BLOCKS[1:]))
+
+
+class BlockWeightsError(ValueError):
+    """A per-block weight list that cannot be used."""
+
+
+def parse_block_weights(text):
+    """'1, 0.5, ...' (ten numbers, comma or space separated, in the order middle,
+    output 3..11) -> a tuple of ten finite floats."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if len(parts) != len(ADAPTER_BLOCKS):
+        raise BlockWeightsError(f"block_weights needs {len(ADAPTER_BLOCKS)} numbers ({BLOCK_SITE_NAMES}), "
+                                f"got {len(parts)}: {text!r}")
+    values = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise BlockWeightsError(f"block_weights: {p!r} is not a number (in {text!r})") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise BlockWeightsError(f"block_weights: {p!r} is not a finite number (in {text!r})")
+        values.append(v)
+    return tuple(values)

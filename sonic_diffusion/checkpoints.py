@@ -7,15 +7,14 @@ Official files (both pickles, read with weights_only=True by safe_load):
 Our bundle: one .safetensors with `projector.*` and `adapter.<diffusers name>` keys.
 Formats are detected by keys, never by file names.
 """
-import hashlib
+import functools
 import json
-import os
-from pathlib import Path
 
 import torch
 
 from .adapter import SonicAdapterModel
 from .blocks import ADAPTER_BLOCKS, BLOCK_TENSOR_SHAPES
+from .files import write_atomic
 from .projector import AudioProjector
 
 BUNDLE_FORMAT = "sonicdiffusion-adapter"
@@ -27,14 +26,12 @@ class AdapterWeightsError(ValueError):
     """A weight file is not the SonicDiffusion file it was given as."""
 
 
-_projector_shapes = None
-
-
+@functools.lru_cache(maxsize=1)
 def projector_shapes():
-    global _projector_shapes
-    if _projector_shapes is None:
-        _projector_shapes = {k: tuple(v.shape) for k, v in AudioProjector().state_dict().items()}
-    return _projector_shapes
+    """The 46 official projector tensors and their shapes (from the module on the meta device)."""
+    with torch.device("meta"):
+        module = AudioProjector()
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 def _names(keys, limit=6):
@@ -155,30 +152,33 @@ def bundle_tensors(model: SonicAdapterModel, dtype=torch.float32):
     return out
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_atomic_safetensors(tensors, path, metadata, overwrite=False):
-    """Writes to a temporary file and renames it, so a crash never leaves half a file."""
+def save_atomic_safetensors(tensors, path, metadata, overwrite=False, make_parents=True):
+    """Writes to a temporary file and renames it, so a crash never leaves half a file
+    (files.write_atomic: unique temp name, stale temps of killed writers removed)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite,
+                        make_parents)
+
+
+def check_adapter_header(header, source="adapter file"):
+    """Runs the key and shape checks of whichever format ``header`` (TensorSpec leaves,
+    from safe_load) has, before any tensor is read. Formats are told apart by keys."""
+    if looks_like_bundle(header):
+        split_bundle(header, source)
+    elif looks_like_projector(header):
+        projector_state(header, source)
+    else:
+        gates_state(header, source)
+
+
+def load_adapter_file(path):
+    """A gate file, projector file or bundle, checked by keys and shapes before its
+    tensors are read. Returns the state dict."""
+    from .safe_load import load_weights_file
+
+    sd, _ = load_weights_file(path, check=lambda h: check_adapter_header(h, str(path)))
+    return sd
 
 
 def bundle_metadata(sources=(), extra=None):

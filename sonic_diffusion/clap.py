@@ -31,6 +31,7 @@ import comfy.ops
 
 from . import AUDIO_EMBED_DIM, CLAP_CLIP_SAMPLES
 from .clap_frontend import N_MELS, ClapFrontEnd, dft_kernels
+from .files import write_atomic
 from .safe_load import load_weights_file
 
 ops = comfy.ops.manual_cast
@@ -305,10 +306,9 @@ def convert_clap_to_safetensors(src_path, dst_path, dtype=torch.float32, overwri
         v = audio[k]
         target = torch.float32 if any(s in k for s in _KEEP_FP32) else dtype
         out[k] = v.detach().to(target).contiguous().clone()
-    tmp = dst_path + ".tmp"
-    save_file(out, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
-                                  "dtype": str(dtype).replace("torch.", "")})
-    os.replace(tmp, dst_path)  # atomic: a crash never leaves half a file under the real name
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": str(dtype).replace("torch.", "")}
+    # atomic: a crash never leaves half a file under the real name (files.write_atomic)
+    write_atomic(dst_path, lambda tmp: save_file(out, str(tmp), metadata=meta), overwrite=True, make_parents=False)
     return dst_path
 
 

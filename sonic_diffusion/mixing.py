@@ -63,6 +63,6 @@ def parse_ratios(text):
         except ValueError:
             raise ValueError(f"'{part}' in ratios is not a number; write numbers between 0 and 1 separated by commas")
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"ratio {v} is outside 0..1")
+            raise ValueError(f"ratio {v} in ratios is outside 0..1; write numbers between 0 and 1")
         values.append(v)
     return values

@@ -3,7 +3,14 @@
 SonicDiffusion's term needs the stream after the text cross-attention residual,
 x + attn2(norm2(x)), which no single ComfyUI hook receives whole. So a middle_patch
 keeps x, and the attn2_output_patch (which receives n = attn2(...)) returns
-n + f * tanh(gate) * Attn(LN(x + n), audio_tokens); ComfyUI then adds x.
+n + f * tanh(gate) * Attn(LN(x + n), audio_tokens); ComfyUI then adds x
+(docs/design.md, "Where the adapter sits").
+
+The x attn2 sees is the stream after *every* middle_patch, and ComfyUI appends
+conditioning-level middle patches (GLIGEN) after the model's own at call time. So a
+diffusion-model wrapper moves the captures to the end of the middle_patch list on
+every UNet call, and marks the call; the patch refuses to run on an unmarked call
+rather than compute on a stream that may be stale.
 
 Audio keys and values do not depend on the latent, so they (and everything else
 derived from tokens and weights) are computed once per sampling per device/dtype,
@@ -13,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import comfy.ldm.modules.attention as comfy_attention
+import comfy.patcher_extension
 
 from .batching import rows_for_batch
 from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
@@ -20,6 +28,9 @@ from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
 
 # transformer_options key: when true, every Sonic patch returns its input unchanged.
 AUDIO_OFF = "sonic_audio_off"
+# transformer_options key set by captures_last(): the captures run after every middle_patch.
+STREAM_ORDERED = "sonic_stream_ordered"
+WRAPPER_KEY = "sonic_diffusion_stream_order"
 
 
 class AudioBatchError(ValueError):
@@ -40,6 +51,37 @@ class StreamCapture:
         # ComfyUI 0.3.75 deep-copies model_options on clone; the patch is immutable
         # apart from transient state, so clones share it (as newer ComfyUI does).
         return self
+
+
+def captures_last(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: runs the UNet with every StreamCapture moved behind the
+    other middle patches (order among the rest kept), so each capture sees the stream
+    attn2 receives. The list is rebuilt only when a capture is not already last."""
+    args = list(args)
+    in_args = len(args) > 5
+    to = dict(args[5] if in_args else kwargs.get("transformer_options", {}))
+    patches = to.get("patches", {})
+    middle = patches.get("middle_patch", [])
+    captures = [p for p in middle if isinstance(p, StreamCapture)]
+    others = [p for p in middle if not isinstance(p, StreamCapture)]
+    if any(a is not b for a, b in zip(middle, others + captures)):
+        to["patches"] = {**patches, "middle_patch": others + captures}
+    to[STREAM_ORDERED] = True
+    if in_args:
+        args[5] = to
+    else:
+        kwargs["transformer_options"] = to
+    return executor(*args, **kwargs)
+
+
+def register_capture(model_patcher, capture):
+    """Adds the middle_patch and, once per model, the wrapper that keeps it last."""
+    model_patcher.set_model_patch(capture, "middle_patch")
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    present = comfy.patcher_extension.get_all_wrappers(kind, model_patcher.model_options, is_model_options=True)
+    if captures_last not in present:
+        comfy.patcher_extension.add_wrapper_with_key(kind, WRAPPER_KEY, captures_last, model_patcher.model_options,
+                                                     is_model_options=True)
 
 
 def _rows_for_chunk(tokens, batch):
@@ -63,10 +105,13 @@ class SonicAudioPatch:
     - cond_tokens / uncond_tokens: [E,77,768] float32 projector outputs
     - strength: the paper's f; 0 makes the patch an exact no-op
     - sigma_start / sigma_end: active while sigma_end <= sigma <= sigma_start (None = always)
+    - block_weights: one factor per ADAPTER_BLOCKS site (middle, output 3..11), folded
+      into the output projection with strength and gate; a site at 0 is skipped
+    - differentiable: the plain formula through the adapter's modules (training)
     """
 
     def __init__(self, adapter, cond_tokens, uncond_tokens, strength=1.0, sigma_start=None, sigma_end=None,
-                 differentiable=False):
+                 differentiable=False, block_weights=None):
         self.adapter = adapter
         self.cond_tokens = cond_tokens
         self.uncond_tokens = uncond_tokens
@@ -74,13 +119,16 @@ class SonicAudioPatch:
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
         self.differentiable = differentiable
+        weights = (1.0,) * len(ADAPTER_BLOCKS) if block_weights is None else tuple(float(w) for w in block_weights)
+        if len(weights) != len(ADAPTER_BLOCKS):
+            raise ValueError(f"block_weights needs {len(ADAPTER_BLOCKS)} values, got {len(weights)}")
+        self.block_weights = weights
+        # strength x site weight per block: the factor the gate's tanh is multiplied by.
+        self.site_scales = {b.name: self.strength * w for b, w in zip(ADAPTER_BLOCKS, weights)}
         self.capture = StreamCapture()
-        self.fast = True  # tests switch this off to compare with the plain formula
         self._cache = {}
         self._window_sigmas = None
         self._window_active = True
-        self.calls = {}  # block -> count, only when counting is switched on
-        self.count_calls = False
 
     # ComfyUI plumbing -------------------------------------------------------------
     def models(self):
@@ -88,7 +136,9 @@ class SonicAudioPatch:
         return [self.adapter.patcher]
 
     def to(self, device_or_dtype):
-        """ComfyUI moves patches with the model; cached tensors on another device are dropped."""
+        """ComfyUI moves patches with the model (a device, or the UNet's dtype); cached
+        tensors for another device are dropped. Cache keys carry the dtype, so a dtype
+        needs no action: tensors are built for the dtype the UNet computes in."""
         if isinstance(device_or_dtype, (torch.device, str)):
             device = torch.device(device_or_dtype)
             self._cache = {k: v for k, v in self._cache.items() if k[0] == device}
@@ -104,7 +154,7 @@ class SonicAudioPatch:
 
     def register(self, model_patcher):
         """Adds this patch to a (cloned) ModelPatcher."""
-        model_patcher.set_model_patch(self.capture, "middle_patch")
+        register_capture(model_patcher, self.capture)
         model_patcher.set_model_attn2_output_patch(self)
         return model_patcher
 
@@ -128,18 +178,17 @@ class SonicAudioPatch:
         block = BLOCKS_BY_COMFY_KEY.get(extra_options.get("block"))
         if block is None or extra_options.get("block_index", 0) != 0:
             return n
-        if self.count_calls:
-            self.calls[block.comfy_block] = self.calls.get(block.comfy_block, 0) + 1
         # AUDIO_OFF lets callers (DDIM inversion) run the plain UNet through a patched model.
-        if self.strength == 0.0 or extra_options.get(AUDIO_OFF) or not self._in_window(extra_options):
+        if self.site_scales[block.name] == 0.0 or extra_options.get(AUDIO_OFF) or not self._in_window(extra_options):
             return n
         x = self.capture.x
-        if x is None or x.shape != n.shape:
-            raise RuntimeError("Apply Sonic Adapter: the block stream was not captured; another node may have "
-                               "removed the middle_patch. Re-apply the adapter after that node.")
+        if not extra_options.get(STREAM_ORDERED) or x is None or x.shape != n.shape:
+            raise RuntimeError("Apply Sonic Adapter: the block stream was not captured after the other middle "
+                               "patches (another node removed the pack's middle_patch or its diffusion_model "
+                               "wrapper). Re-apply the adapter after that node.")
         h = x + n
         chunks = list(extra_options.get("cond_or_uncond") or [0])
-        if self.differentiable or not self.fast:
+        if self.differentiable:
             return n + self._plain_term(block, h, chunks)
         return n + self._fast_term(block, h, chunks)
 
@@ -153,7 +202,7 @@ class SonicAudioPatch:
         batch = h.shape[0] // len(chunks)
         tokens = torch.cat([_rows_for_chunk(t, batch) for t in self._chunk_tokens(chunks, batch)])
         tokens = tokens.to(device=h.device, dtype=h.dtype)
-        return self.adapter.model.blocks[block.name].residual(h, tokens, self.strength)
+        return self.adapter.model.blocks[block.name].residual(h, tokens, self.site_scales[block.name])
 
     # Cached fast path -----------------------------------------------------------------
     def _fast_term(self, block, h, chunks):
@@ -186,9 +235,11 @@ class SonicAudioPatch:
         rows = torch.cat([_rows_for_chunk(t, batch) for t in chunk_tokens])
         entry = {}
         for block in ADAPTER_BLOCKS:
+            if self.site_scales[block.name] == 0.0:
+                continue  # never called: __call__ skips the site
             mod = self.adapter.model.blocks[block.name]
             w = {name: p.detach().to(device=device, dtype=torch.float32) for name, p in mod.named_parameters()}
-            scale = self.strength * torch.tanh(w["gate_adapter"])
+            scale = self.site_scales[block.name] * torch.tanh(w["gate_adapter"])
             wo = w["attn_adapter.to_out.0.weight"] * scale
             bias = w["attn_adapter.to_out.0.bias"] * scale
             t = {"ln_w": w["norm_adapter.weight"].to(dtype), "ln_b": w["norm_adapter.bias"].to(dtype)}

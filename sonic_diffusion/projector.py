@@ -67,14 +67,6 @@ class AudioProjector(nn.Module):
         out = self.between_attention[last](self.cross_attention[last](p)) + p
         return self.to_out_adapter(out)
 
-    def forward_all_layers(self, embeds):
-        """The official loop, literally (every layer evaluated); used to test forward()."""
-        p = self.audio_emb_projection(embeds.unsqueeze(1))
-        out = p
-        for attn, mlp in zip(self.cross_attention, self.between_attention):
-            out = mlp(attn(p)) + p
-        return self.to_out_adapter(out)
-
 
 def init_projector_weights(module: AudioProjector, generator=None):
     """Fresh initial values for training (comfy.ops layers skip torch's own init)."""

@@ -7,7 +7,10 @@ resampler as ``comfy.audio.resample``, so we pick, in order:
 
 1. ``comfy.audio.resample`` when the running ComfyUI has it,
 2. ``torchaudio.functional.resample`` when torchaudio imports,
-3. our own implementation of the same formula (``sinc_resample``).
+3. our own implementation of the same formula (``sinc_resample``),
+
+except that a rate pair whose filter bank would exceed ``KERNEL_BUDGET_BYTES``
+(co-prime rates such as 44101 Hz) always uses ours, which costs bounded memory.
 
 All three give the same numbers up to float32 rounding (about 1e-6).
 
@@ -124,9 +127,10 @@ def sinc_resample(waveform, orig_sr, new_sr, out_start=0, out_len=None, chunk_el
     dev = x.device
     tap = torch.arange(taps, dtype=torch.int64, device=dev)
     kdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    # Kernel rows depend only on the phase j mod n: build a table when n is modest.
+    # Kernel rows depend only on the phase j mod n: build a table when it is small;
+    # otherwise weights are computed per chunk (memory bounded by chunk_elems).
     table = None
-    if n <= 65536:
+    if n * taps <= chunk_elems:
         p = torch.arange(n, dtype=torch.int64, device=dev)
         table = _kernel(p[:, None], (p * o // n)[:, None] + tap[None], o, n, base, width, kdtype).to(x.dtype)
 
@@ -150,9 +154,25 @@ def sinc_resample(waveform, orig_sr, new_sr, out_start=0, out_len=None, chunk_el
     return out.reshape(*lead, out_len)
 
 
-def _pick_backend(backend):
+def kernel_bytes(orig_sr, new_sr):
+    """Bytes of the float32 filter bank torchaudio (and comfy.audio, its port) builds
+    for one rate pair: [n, 1, o + 2 * width] after reducing the rates by their gcd.
+    Co-prime rates make it huge: 44101 -> 44100 Hz needs about 7.8 GB."""
+    o, n = _reduced(orig_sr, new_sr)
+    _, width = _filter_width(o, n)
+    return 4 * n * (o + 2 * width)
+
+
+# Above this the built-in resampler is used instead: it builds at most one phase
+# table of n * (2 * width + 2) weights, or computes the weights chunk by chunk.
+KERNEL_BUDGET_BYTES = 64 << 20
+
+
+def _pick_backend(backend, orig_sr=None, new_sr=None):
     if backend not in BACKENDS:
         raise ValueError(f"unknown resample backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto" and orig_sr is not None and kernel_bytes(orig_sr, new_sr) > KERNEL_BUDGET_BYTES:
+        return "sinc", None
     if backend in ("auto", "comfy"):
         fn = _comfy_resample_fn()
         if fn is not None:
@@ -176,7 +196,7 @@ def resample(waveform, orig_sr, new_sr, backend="auto"):
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr == new_sr:
         return waveform
-    name, fn = _pick_backend(backend)
+    name, fn = _pick_backend(backend, orig_sr, new_sr)
     if name != "sinc":
         try:
             return fn(waveform, orig_sr, new_sr)
@@ -199,7 +219,7 @@ def resample_window(waveform, orig_sr, new_sr, out_start, out_len, backend="auto
     length = waveform.shape[-1]
     if orig_sr == new_sr:
         return waveform[..., out_start:out_start + out_len]
-    name, _ = _pick_backend(backend)
+    name, _ = _pick_backend(backend, orig_sr, new_sr)
     if name == "sinc":
         return sinc_resample(waveform, orig_sr, new_sr, out_start, out_len)
     o, n = _reduced(orig_sr, new_sr)

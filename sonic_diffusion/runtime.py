@@ -1,5 +1,7 @@
 """A loaded adapter as ComfyUI handles it: weights in a ModelPatcher (so ComfyUI
 moves and offloads them with the UNet), projection to audio tokens, null tokens."""
+import copy
+
 import torch
 
 import comfy.model_management as mm
@@ -7,6 +9,20 @@ import comfy.model_patcher
 
 from . import AUDIO_EMBED_DIM
 from .blocks import ADAPTER_BLOCKS
+
+_HALF_OR_FULL = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def resident_dtype(model_patcher):
+    """The dtype the adapter's block weights are kept in beside this UNet: the UNet's own
+    storage dtype when it is fp16/bf16/fp32; for fp8 (or other) storage the dtype ComfyUI
+    computes in (its manual-cast dtype), since the blocks are small and fp8 would only add error."""
+    model = model_patcher.model
+    dtype = model.get_dtype()
+    if dtype in _HALF_OR_FULL:
+        return dtype
+    cast = getattr(model, "manual_cast_dtype", None)
+    return cast if cast in _HALF_OR_FULL else torch.float32
 
 
 class SonicAdapter:
@@ -16,7 +32,21 @@ class SonicAdapter:
         self.patcher = comfy.model_patcher.ModelPatcher(
             model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
         self._null_tokens = None
-        self.projections = 0  # projector runs, counted for the requeue benchmark and tests
+        self._casts = {}
+
+    def with_block_dtype(self, dtype):
+        """This adapter with its ten blocks stored in `dtype` (a copy made once per dtype),
+        so a half-precision UNet does not carry fp32 blocks. The projector stays fp32 on
+        purpose: it runs once per queue, and its tokens feed every block at every step."""
+        if dtype == next(self.model.blocks.parameters()).dtype:
+            return self
+        if dtype not in self._casts:
+            model = copy.deepcopy(self.model)
+            model.blocks.to(dtype)
+            cast = SonicAdapter(model, name=self.name)
+            cast._null_tokens = self._null_tokens
+            self._casts[dtype] = cast
+        return self._casts[dtype]
 
     @torch.no_grad()
     def project(self, embeds):
@@ -25,7 +55,6 @@ class SonicAdapter:
             raise ValueError(f"audio embeddings must be [B, {AUDIO_EMBED_DIM}], got {list(embeds.shape)}")
         mm.load_model_gpu(self.patcher)
         device = self.patcher.load_device
-        self.projections += 1
         tokens = self.model.projector(embeds.to(device=device, dtype=torch.float32))
         return tokens.float().cpu()
 

@@ -10,14 +10,19 @@ workflow file onto the canvas as a user would, and checks:
 - every node is a registered type and its widgets hold the file's values;
 - the Run (Queue) button queues the graph and an image lands in the history;
 - each node's help page is served where the frontend looks for it.
-Screenshots of the loaded workflows go to docs/screenshots/<workflow>.png.
+Every node the pack registers (read from the in-process host, so new nodes are
+covered without editing this file) must be reported by the server and known to the page.
+Screenshots of the loaded workflows go to a temp folder; scripts/refresh_screenshots.sh
+sets SONIC_SCREENSHOT_DIR=docs/screenshots to refresh the README's pictures.
 
-Chromium comes from scripts/setup_host.sh (apt-get, as root); without it this
-module is skipped with the reason. SONIC_CHROMIUM overrides the executable.
+Chromium comes from scripts/setup_browser.sh (apt-get, as root); without it this
+module is skipped with the reason (a failure under CI=true, see tests/conftest.py).
+SONIC_CHROMIUM overrides the executable.
 """
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,30 +32,26 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import numpy as np
+import nodes
 import pytest
-from PIL import Image
 
 import comfy_host
 import workflow_tools
-from conftest import ROOT
+from conftest import PACK_MODULE, ROOT
+from sonic_diffusion import examples
 from test_workflows import STAND_INS
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-# The README shows these; SONIC_SCREENSHOT_DIR sends them elsewhere (e.g. to keep a checkout clean).
-SCREENSHOTS = Path(os.environ.get("SONIC_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
-PACK_NODES = ["SonicLoadAudio", "SonicAudioEncoderLoader", "SonicAudioEncode", "SonicAudioEmbedsMix",
-              "SonicAdapterLoader", "SonicApplyAdapter", "SonicAudioEdit"]
+# Every node this pack registers in the in-process host (the same tree the server runs).
+PACK_NODES = sorted(k for k, v in nodes.NODE_CLASS_MAPPINGS.items() if v.__module__.startswith(PACK_MODULE.__name__))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                   "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1600, "height": 1000}
 # The CPU is slow: tiny images and few steps, set through the page's own widgets.
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
-         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}}
-INPUT_AUDIO = {"sonic_example_thunder.wav": "noise_stereo_48k_10s_f32.wav",
-               "sonic_example_birds.wav": "tone440_mono_44k_3s.wav"}
-INPUT_IMAGES = ["sonic_example_control.png", "sonic_example_source.png"]
+         "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}, "BasicScheduler": {"steps": 2},
+         "SonicAudioEncodeFrames": {"fps": 1.0}, "SonicLoadAudio": {"duration": 2.0}}
 
 
 def _chromium():
@@ -87,10 +88,20 @@ class Server:
 
 
 @pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    """A temp folder, so a test run leaves the checkout clean; scripts/refresh_screenshots.sh
+    points SONIC_SCREENSHOT_DIR at docs/screenshots to refresh the README's pictures."""
+    named = os.environ.get("SONIC_SCREENSHOT_DIR")
+    out = Path(named) if named else tmp_path_factory.mktemp("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
 def chromium():
     exe = _chromium()
     if exe is None:
-        pytest.skip("no chromium executable: run scripts/setup_host.sh as root (it apt-get installs Debian's "
+        pytest.skip("no chromium executable: run scripts/setup_browser.sh as root (it apt-get installs Debian's "
                     "chromium) or set SONIC_CHROMIUM to a Chromium binary")
     return exe
 
@@ -109,11 +120,7 @@ def server(chromium, fixture_dir, tmp_path_factory):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not dest.exists():
                     os.symlink(STAND_INS[name](fixture_dir), dest)
-    for name, src in INPUT_AUDIO.items():
-        os.symlink(fixture_dir.audio(src), base / "input" / name)
-    rng = np.random.default_rng(0)
-    for name in INPUT_IMAGES:
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(base / "input" / name)
+    examples.write_examples(base / "input")  # the inputs every shipped workflow uses
     # A returning user: no template browser on first load, no minimap over the screenshots.
     # Readable screenshots: no canvas info overlay, no low-detail node rendering when zoomed out.
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({
@@ -275,18 +282,45 @@ def _fit_view(pg):
     pg.wait_for_timeout(600)
 
 
+def _compare_with_export_api(page, ui, object_info):
+    """The page's own Export (API) (app.graphToPrompt) gives what
+    `python -m sonic_diffusion.workflows to-api` gives: the same nodes, classes, _meta titles
+    and inputs (the page may add values of its frontend-only widgets, e.g. an upload button)."""
+    from sonic_diffusion import workflows
+
+    exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = workflows.ui_to_api(ui, *workflows.object_info_lookups(object_info))
+    assert sorted(exported) == sorted(ours)
+    for node_id, node in ours.items():
+        got = exported[node_id]
+        assert got["class_type"] == node["class_type"] and got["_meta"] == node["_meta"], (got, node)
+        for name, value in node["inputs"].items():
+            assert got["inputs"].get(name) == value, (node["class_type"], name, got["inputs"].get(name), value)
+        extra = set(got["inputs"]) - set(node["inputs"])
+        assert extra <= {"upload", "audioUI"}, (node["class_type"], extra)
+
+
 # --- tests ----------------------------------------------------------------------
 
 def test_there_are_workflows():
     assert len(WORKFLOWS) >= 4
 
 
+def test_the_pack_registers_its_nodes():
+    assert len(PACK_NODES) >= 7 and all(n.startswith("Sonic") for n in PACK_NODES)
+
+
 def test_page_registers_every_node_of_the_pack(page, server):
     registered = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
-    ours = [n for n in PACK_NODES if n in server.object_info]
-    assert set(PACK_NODES) - {"SonicAudioEdit"} <= set(ours)
-    missing = [n for n in ours if n not in registered]
+    unreported = [n for n in PACK_NODES if n not in server.object_info]
+    assert not unreported, f"the server's /object_info lacks {unreported}:\n{server.log_tail()}"
+    missing = [n for n in PACK_NODES if n not in registered]
     assert not missing, f"the page does not know {missing}"
+    # The pack's web extensions (web/js) loaded, under their sonicdiffusion.* names.
+    ours = [n for js in sorted((ROOT / "web" / "js").glob("*.js"))
+            for n in re.findall(r"registerExtension\(\{\s*name:\s*\"([^\"]+)\"", js.read_text())]
+    loaded = page.evaluate("() => (window.app.extensions || []).map(e => e.name)")
+    assert ours and set(ours) <= set(loaded), (ours, [n for n in loaded if "sonic" in n.lower()])
 
 
 def test_broken_workflow_shows_the_missing_node_and_model_dialog(page):
@@ -312,7 +346,7 @@ def test_broken_workflow_shows_the_missing_node_and_model_dialog(page):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_loads_in_the_page(path, page, server):
+def test_workflow_loads_in_the_page(path, page, server, screenshots):
     """Dropped on the canvas: no dialog, known nodes, widgets hold the file's values. Screenshot."""
     ui = workflow_tools.load(path)
     workflow_tools.use_object_info(server.object_info)
@@ -342,10 +376,10 @@ def test_workflow_loads_in_the_page(path, page, server):
                     assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
                                                   f"({w['options'][:10]})"
 
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        _compare_with_export_api(page, ui, server.object_info)
         page.mouse.move(25, 600)  # off the Run button's tooltip and the nodes
         _fit_view(page)
-        page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"))
+        page.screenshot(path=str(screenshots / f"{path.stem}.png"))
     finally:
         workflow_tools.use_object_info(None)
 
@@ -403,12 +437,13 @@ def test_workflow_runs_from_the_page(path, page, server):
         workflow_tools.use_object_info(None)
 
 
-def test_help_pages_are_served_where_the_frontend_looks(page, server):
+def test_help_pages_are_served_where_the_frontend_looks(page, server, screenshots):
     """The frontend asks /extensions/<pack folder>/docs/<NodeID>/<locale>.md, then
     /extensions/<pack folder>/docs/<NodeID>.md, for a node whose python_module is
     custom_nodes.<pack folder>; the server maps /extensions/<pack folder> to WEB_DIRECTORY.
     Fetched directly, and opened as a user does: select the node, click its info button."""
-    ours = [n for n in PACK_NODES if n in server.object_info]
+    ours = PACK_NODES
+    assert all(n in server.object_info for n in ours), "see test_page_registers_every_node_of_the_pack"
     for node_id in ours:
         module = server.object_info[node_id]["python_module"]
         parts = module.split(".")
@@ -436,5 +471,4 @@ def test_help_pages_are_served_where_the_frontend_looks(page, server):
             arg=[title], timeout=15_000)
         served = [(u, st) for u, st in page.help_requests if u.endswith(f"/docs/{node_id}.md")]
         assert served and served[-1][1] == 200, page.help_requests
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "help_page.png"))
+    page.screenshot(path=str(screenshots / "help_page.png"))

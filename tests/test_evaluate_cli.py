@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sonic_diffusion.evaluate import testing
+import eval_stand_ins as testing
 from sonic_diffusion.evaluate.cli import main
 from sonic_diffusion.evaluate.wav2clip import Wav2ClipWeightsError, load_wav2clip
 from sonic_diffusion.fixtures import write_audio
+from sonic_diffusion.safe_load import load_weights_file
 
 CLASSES = ("rain", "thunder", "wind")
 N = 6
@@ -59,7 +60,12 @@ def test_cli_writes_table_and_json_and_reuses_the_cache(dataset, models, tmp_pat
     # Each image is its own ground truth: it beats every distractor, and FID against itself is 0.
     assert res["metrics"]["IIS"] == 1.0
     assert abs(res["metrics"]["FID"]) < 1e-3
-    assert 0.0 <= res["metrics"]["AIS"] <= 1.0 and 0.0 <= res["metrics"]["AIC"] <= 1.0
+    # AIS recomputed here from the models' own outputs (transformers CLIP, the Wav2CLIP
+    # module, numpy scoring): the tool's per-item values and mean are exactly these.
+    ref_ais = _reference_ais(dataset, models, gen, res["distractors"]["sets"])
+    assert {s: v["ais"] for s, v in res["per_item"].items()} == ref_ais
+    assert res["metrics"]["AIS"] == pytest.approx(np.mean(list(ref_ais.values())), abs=1e-12)
+    assert 0.0 <= res["metrics"]["AIC"] <= 1.0
     assert res["metric_info"]["AIC"]["classes"] == list(CLASSES)
     assert res["metric_info"]["AIC"]["template"] == "a photo of {class}"
     sets = res["distractors"]["sets"]
@@ -76,6 +82,39 @@ def test_cli_writes_table_and_json_and_reuses_the_cache(dataset, models, tmp_pat
     again = json.loads(out.read_text())
     assert sum(again["cache"]["computed"].values()) == 0
     assert again["metrics"] == res["metrics"] and again["distractors"]["sets"] == sets
+
+
+def _reference_ais(dataset, models, gen, sets):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from sonic_diffusion.audio_decode import decode_audio
+    from sonic_diffusion.evaluate.wav2clip import prepare_wave
+
+    clip = CLIPModel.from_pretrained(str(models["clip_b32"]), local_files_only=True).eval()
+    proc = CLIPImageProcessor.from_pretrained(str(models["clip_b32"]), local_files_only=True)
+    w2c = load_wav2clip(models["wav2clip"])
+    unit = lambda x: (x / x.norm(dim=-1, keepdim=True))[0].double().numpy()  # noqa: E731
+    with torch.no_grad():
+        image = {s: unit(clip.get_image_features(**proc(images=[Image.open(gen / f"{s}.png").convert("RGB")],
+                                                              return_tensors="pt"))) for s in sets}
+        sound = {s: unit(w2c(prepare_wave(*decode_audio(dataset / "audio" / f"{s}.wav"), 10.0)[None]))
+                 for s in sets}
+    return {s: float(np.mean([image[s] @ sound[d] < image[s] @ sound[s] for d in ds])) for s, ds in sets.items()}
+
+
+def test_bad_model_files_get_one_line(dataset, models, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02 not a pickle at all")
+    cases = [("--wav2clip", "ais", junk, "could not be read"), ("--wav2clip", "ais", models["inception"], "Wav2CLIP"),
+             ("--inception", "fid", junk, "could not be read"),
+             ("--inception", "fid", models["wav2clip"], "not torch-fidelity's FID Inception weights")]
+    for option, metric, path, reason in cases:
+        args = _args(dataset, models, dataset / "ref", tmp_path / "r.json", "--metrics", metric, option, str(path),
+                     "--no-cache")
+        assert main(args) == 2, (option, path)
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and last.startswith(f"error: {option} {path}") and reason in last, err
 
 
 def test_a_grown_folder_only_computes_the_new_files(dataset, models, tmp_path, capsys):
@@ -125,14 +164,14 @@ def test_missing_models_are_named_with_their_source(dataset, tmp_path, capsys):
 def test_wav2clip_matches_the_published_package(tmp_path):
     w2c = pytest.importorskip("wav2clip.model.encoder")
     path = testing.random_wav2clip(tmp_path / "Wav2CLIP.pt", seed=3)
-    theirs = w2c.ResNetExtractor(checkpoint=torch.load(path), scenario="frozen", transform=True)
+    theirs = w2c.ResNetExtractor(checkpoint=load_weights_file(path)[0], scenario="frozen", transform=True)
     ours = load_wav2clip(path)
     g = torch.Generator().manual_seed(0)
     for n in (700, 16000):
         x = torch.randn(1, n, generator=g)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
-    sd = torch.load(path)
+    sd = load_weights_file(path)[0]
     del sd["audio_encoder.layer3.0.conv1.weight"]
     torch.save(sd, tmp_path / "broken.pt")
     with pytest.raises(Wav2ClipWeightsError, match="layer3.0.conv1.weight"):
@@ -166,8 +205,19 @@ def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_di
     for n in names:
         img = Image.open(gen / f"{n.rsplit('.', 1)[0]}.png")
         assert img.size == (64, 64)
-    a, b = (np.asarray(Image.open(gen / f"{n.rsplit('.', 1)[0]}.png")) for n in names)
-    assert np.abs(a.astype(int) - b.astype(int)).max() > 0
+    # Each image is exactly what the pack's graph renders for its audio and recorded seed.
+    from sonic_diffusion.graphs import audio_to_image
+
+    files = [host.link_model(k, p) for k, p in (("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
+                                                ("audio_encoders", fixture_dir.clap()),
+                                                ("sonic_diffusion", fixture_dir.gates()),
+                                                ("sonic_diffusion", fixture_dir.projector()))]
+    for n in names:
+        stem = n.rsplit(".", 1)[0]
+        run = host.run(audio_to_image(*files, host.put_input(data / "audio" / n, name=f"gen-{n}"), seed=seeds[stem],
+                                      steps=1, cfg=7.5))
+        direct = (run.outputs("dec")[0][0].float().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+        assert np.array_equal(np.asarray(Image.open(gen / f"{stem}.png")), direct), stem
     assert set(res["metrics"]) == {"AIS", "IIS", "AIC", "FID"}
     # Same settings again: the images are kept, nothing is rendered or embedded anew.
     assert main(args) == 0
@@ -178,3 +228,20 @@ def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_di
     # Other settings on the same folder are refused without --overwrite.
     assert main(args[:-1] + ["32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_generate_removes_the_host_folder_it_made(fixture_dir, dataset, tmp_path, monkeypatch):
+    """A run that boots its own host (the CLI) removes that host's base folder afterwards.
+    The test host is already booted, so the boot is observed, not repeated."""
+    from sonic_diffusion import host as host_module
+    from sonic_diffusion.evaluate import generate as gen_module
+
+    bases = []
+    monkeypatch.setattr(gen_module, "_booted", lambda: False)
+    monkeypatch.setattr(host_module, "boot_in_process", lambda base, **k: bases.append(base))
+    out = gen_module.generate([dataset / "audio" / "clip00.wav"], tmp_path / "gen",
+                              fixture_dir.full_checkpoint(clip=True, vae=True), fixture_dir.gates(),
+                              fixture_dir.clap(), projector=fixture_dir.projector(), steps=1, width=64, height=64,
+                              progress=False)
+    assert out == {"rendered": 1, "kept": 0}
+    assert len(bases) == 1 and bases[0].name.startswith("sonic-eval-comfy-") and not bases[0].exists()

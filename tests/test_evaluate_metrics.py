@@ -135,7 +135,7 @@ def test_labels_and_stems(tmp_path):
     (tmp_path / "labels.csv").write_text("stem,class\n# comment\na,rain\n\nb, thunder storm\n")
     assert read_labels(tmp_path / "labels.csv") == {"a": "rain", "b": "thunder storm"}
     (tmp_path / "bad.csv").write_text("a,rain\na,wind\n")
-    with pytest.raises(DataError, match="two classes"):
+    with pytest.raises(DataError, match="labelled twice"):
         read_labels(tmp_path / "bad.csv")
     d = tmp_path / "imgs"
     d.mkdir()

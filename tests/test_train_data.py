@@ -127,3 +127,29 @@ def test_output_guard(tmp_path):
     assert (out / "projector.safetensors").read_bytes() == b"earlier result"
     prepare_output(out, "projector.safetensors", resume=False, overwrite=True)
     assert not (out / "projector.safetensors").exists()
+
+
+def test_check_errors_are_printed_once_and_name_a_file(tmp_path, capsys):
+    assert cli.main(["check", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data folder not found" in err[0], err
+    f = tmp_path / "pairs.zip"
+    f.write_bytes(b"PK")
+    assert cli.main(["check", "--data", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0], err
+
+
+@pytest.mark.parametrize("header,row", [
+    ("stem,class", "{s},{c}"), ("Stem,Class", "{s},{c}"), ("CLASS,STEM", "{c},{s}"),
+    ("file,split,label", "{s}.wav,train,{c}"), ("", "{s},{c}")])
+def test_labels_header_is_read_by_column_names(tmp_path, header, row):
+    from sonic_diffusion.evaluate.data import read_labels as eval_labels
+    from sonic_diffusion.train.dataset import read_labels
+
+    rows = [header] if header else []
+    rows += [row.format(s=s, c=c) for s, c in (("a", "rain"), ("b", "thunder"))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    labels, problems = read_labels(tmp_path / "labels.csv")
+    assert labels == {"a": "rain", "b": "thunder"} and problems == []
+    assert eval_labels(tmp_path / "labels.csv") == labels  # the evaluation tool reads the same way

@@ -146,3 +146,91 @@ def test_two_process_gloo_matches_one_process_with_double_batch(setup):
         torch.testing.assert_close(db, da, rtol=1e-3, atol=1e-4 * scale + 2e-7 * float(init[k].abs().max()), msg=k)
         moved += scale > 0
     assert moved > 10  # a real update, not two no-ops
+
+
+class _Collect(list):
+    """A handler on the training logger (which does not propagate), kept by the test."""
+
+    def __enter__(self):
+        import logging
+
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.append(record.getMessage())
+        logging.getLogger("sonic_diffusion.train").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.getLogger("sonic_diffusion.train").removeHandler(self.handler)
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_cleans_temps(setup):
+    from sonic_diffusion.files import TMP_TAG
+
+    common = ("--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--save-every", "2", "--keep-checkpoints", "0")
+    full = setup["root"] / "full6"
+    _run(setup, full, *common)
+    part = setup["root"] / "damaged"
+    _run(setup, part, *common[:1], "4", *common[2:])  # checkpoints at 2 and 4
+    w4 = weights_path(part, 4)
+    w4.write_bytes(w4.read_bytes()[: w4.stat().st_size // 2])  # the newest one is damaged
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    orphans = [part / "checkpoints" / f".step_00000006.safetensors{TMP_TAG}{dead}-0000beef",
+               part / f".projector.safetensors{TMP_TAG}{dead}-0000cafe"]
+    for o in orphans:
+        o.write_bytes(b"\0" * 1024)  # what a kill during a save leaves
+    with _Collect() as messages:
+        _run(setup, part, *common, "--resume")
+    said = "\n".join(messages)
+    assert "checkpoint step 4 is damaged" in said and "fell back to the intact checkpoint at step 2" in said
+    assert "removed 2 temporary file(s)" in said
+    assert not any(o.exists() for o in orphans)
+    # Steps 3..6 were redone from step 2: the result is the uninterrupted run's.
+    assert _same(full / "projector.safetensors", part / "projector.safetensors")
+    # Every checkpoint damaged: a one-line refusal (exit 2), not a traceback or a silent restart.
+    for s in (2, 4, 6):
+        state_path(part, s).write_bytes(b"PK\x03\x04 damaged")
+    assert cli.main(_args(setup, part, *common, "--resume")) == 2
+
+
+def test_every_image_corrupt_means_no_training(tmp_path, setup, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    for p in data.glob("*.png"):
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    assert cli.main(["check", "--data", str(data)]) == 1
+    assert "0 usable" in capsys.readouterr().out
+    args = _args(setup, tmp_path / "out", "--steps", "1")
+    args[args.index("--data") + 1] = str(data)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no usable pairs" in err[0] and "train check" in err[0], err
+    assert not (tmp_path / "out" / "projector.safetensors").exists()
+
+
+class _Payload:
+    marker = None
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hostile_checkpoint_is_refused_in_one_line(setup, tmp_path, capsys):
+    _Payload.marker = str(tmp_path / "pwned")
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(2)}, "x": _Payload()}, evil)
+    args = _args(setup, tmp_path / "out", "--steps", "1")
+    args[args.index("--checkpoint") + 1] = str(evil)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint" in err[0] and "refused for safety" in err[0], err
+    assert not (tmp_path / "pwned").exists()
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    args[args.index("--checkpoint") + 1] = str(empty)
+    assert cli.main(args) == 2
+    assert "empty (0 bytes)" in capsys.readouterr().err

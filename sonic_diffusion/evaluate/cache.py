@@ -7,22 +7,11 @@ atomic (temp file + rename): concurrent runs at worst compute a file twice.
 """
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-_CHUNK = 1 << 20
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
+from ..files import write_atomic
 
 def file_fingerprint(path, edge=4 << 20):
     """Cheap identity of a (possibly multi-GB) weight file: name, size and the sha256
@@ -69,12 +58,12 @@ class EmbeddingCache:
     def put(self, mid, key, value):
         if not self.enabled:
             return
-        p = self._path(mid, key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(value), allow_pickle=False)
-        os.replace(tmp, p)
+        array = np.asarray(value)
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+        write_atomic(self._path(mid, key), write)
 
     def embed(self, name, mid, items, compute, batch_size, progress=True):
         """``items``: list of (key, payload). ``compute(list of payloads) -> array [n, ...]``

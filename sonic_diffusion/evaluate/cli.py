@@ -6,9 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .data import AUDIO_EXTS, DataError, by_stem
 from .generate import GenerationError
-from .models import CLIP_B32, CLIP_L14, INCEPTION, WAV2CLIP, ModelMissingError, default_model_paths
+from .models import CLIP_B32, CLIP_L14, INCEPTION, WAV2CLIP, ModelFileError, ModelMissingError, default_model_paths
 from .run import ALL_METRICS, DEFAULT_TEMPLATE, evaluate, format_table
 
 
@@ -58,7 +59,7 @@ def build_parser():
     x.add_argument("--cache-dir", type=Path, help="embedding cache (default: $SONIC_EVAL_CACHE or ~/.cache/sonic_diffusion/evaluate)")
     x.add_argument("--no-cache", action="store_true", help="compute every embedding, store nothing")
     x.add_argument("--batch-size", type=int, default=16)
-    x.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    x.add_argument("--device", help="torch device, e.g. cpu, cuda:1, mps (default: the device ComfyUI picks)")
     x.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     g = p.add_argument_group("--generate: render the images first through the pack's ComfyUI graph")
@@ -140,16 +141,13 @@ def main(argv=None):
             template=ns.aic_template, cache_dir=None if ns.no_cache else (ns.cache_dir or default_cache_dir()),
             batch_size=max(1, ns.batch_size), device=ns.device, audio_seconds=ns.audio_seconds,
             progress=not ns.no_progress)
-    except (ModelMissingError, DataError, GenerationError) as e:
+    except (ModelMissingError, ModelFileError, DataError, GenerationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if generation is not None:
         result["generation"] = dict(generation, record=str(Path(ns.generated) / "generation.json"))
     out = ns.out or Path(ns.generated) / "evaluation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False))
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(result, indent=2, sort_keys=False))
     print(format_table(result))
     print(f"\nresults: {out}")
     return 0

@@ -1,5 +1,4 @@
 """Finding the files: generated images, audio, reference images and labels, by stem."""
-import csv
 from pathlib import Path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -26,24 +25,16 @@ def by_stem(folder, exts, what):
 
 
 def read_labels(path):
-    """labels.csv: ``stem,class`` per row; an optional header row (``stem,class``);
-    blank lines and lines starting with # are skipped."""
+    """labels.csv: ``stem,class`` per row, or the columns a header row names (any case);
+    blank lines and lines starting with # are skipped. The training tool's parser."""
+    from ..train.dataset import read_labels as parse_labels
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels file {path} does not exist")
-    labels = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for n, row in enumerate(csv.reader(fh), start=1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{path}:{n}: expected 'stem,class', got {row!r}")
-            stem, cls = row[0].strip(), row[1].strip()
-            if n == 1 and stem.lower() == "stem" and cls.lower() in ("class", "label"):
-                continue
-            if stem in labels and labels[stem] != cls:
-                raise DataError(f"{path}:{n}: {stem!r} has two classes ({labels[stem]!r}, {cls!r})")
-            labels[stem] = cls
+    labels, problems = parse_labels(path)
+    if problems:
+        raise DataError(f"{path}: {problems[0]}")
     if not labels:
         raise DataError(f"{path} holds no labels")
     return labels

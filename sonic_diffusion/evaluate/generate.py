@@ -14,10 +14,11 @@ are kept (so a grown audio list only renders the new files), different settings
 need ``--overwrite``.
 """
 import asyncio
+import contextlib
 import hashlib
-import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
+from ..files import write_atomic, write_text_atomic
+
 BUNDLED = "bundled (from the adapter file)"  # nodes/adapter.py's choice for a bundle's own projector
 
 
@@ -42,22 +44,21 @@ def _booted():
     return mod is not None and "SonicApplyAdapter" in getattr(mod, "NODE_CLASS_MAPPINGS", {})
 
 
-def boot_host(cpu=None):
-    """Boots ComfyUI in this process with the pack loaded (once); reuses a booted one."""
+@contextlib.contextmanager
+def host_session():
+    """ComfyUI booted in this process with the pack loaded (a booted one is reused).
+    A host booted here works in a temporary base folder that is removed afterwards."""
     if _booted():
+        yield
         return
     from .. import host
 
-    os.environ.setdefault("SONIC_COMFYUI_DIR", str(host.locate_comfyui()))
-    spec = importlib.util.spec_from_file_location("comfy_host", PACK_ROOT / "scripts" / "comfy_host.py")
-    comfy_host = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(comfy_host)
-    if cpu is None:
-        import torch
-
-        cpu = not torch.cuda.is_available()
     base = Path(tempfile.mkdtemp(prefix="sonic-eval-comfy-"))
-    comfy_host.boot(base, cpu=cpu)
+    try:
+        host.boot_in_process(base)
+        yield
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _link(folder_kind, src):
@@ -73,38 +74,22 @@ def _link(folder_kind, src):
     tag = hashlib.sha256(str(src).encode()).hexdigest()[:8]
     dest = dest_dir / f"eval-{tag}-{src.name}"
     if not dest.exists():
-        os.symlink(src, dest)
+        if folder_kind == "input":
+            shutil.copyfile(src, dest)  # Load Audio (Sonic) refuses symlinks out of input/
+        else:
+            os.symlink(src, dest)
     if hasattr(folder_paths, "filename_list_cache"):
         folder_paths.filename_list_cache.clear()
     return dest.name
 
 
 def graph(names, audio, seed, s):
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names["ckpt"]}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": s["prompt"], "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": s["negative"], "clip": ["ckpt", 1]}},
-        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": names["clap"]}},
-        "load": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio, "start_time": 0.0,
-                                                           "duration": 0.0, "gain_db": 0.0}},
-        "enc": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load", 0],
-                                                            "window": "center", "offset": 0.0}},
-        "adapter": {"class_type": "SonicAdapterLoader", "inputs": {"adapter_name": names["adapter"],
-                                                                   "projector_name": names["projector"]}},
-        "apply": {"class_type": "SonicApplyAdapter", "inputs": {"model": ["ckpt", 0], "sonic_adapter": ["adapter", 0],
-                                                                "audio_embeds": ["enc", 0], "strength": s["strength"],
-                                                                "start_percent": 0.0, "end_percent": 1.0}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": s["width"], "height": s["height"],
-                                                                "batch_size": 1}},
-        "ks": {"class_type": "KSampler", "inputs": {"model": ["apply", 0], "seed": seed, "steps": s["steps"],
-                                                    "cfg": s["cfg"], "sampler_name": s["sampler"],
-                                                    "scheduler": s["scheduler"], "positive": ["pos", 0],
-                                                    "negative": ["neg", 0], "latent_image": ["latent", 0],
-                                                    "denoise": 1.0}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
-        # An output node, so that the executor runs the graph (the image is read from its cache).
-        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
+    from ..graphs import audio_to_image
+
+    return audio_to_image(names["ckpt"], names["clap"], names["adapter"], names["projector"], audio, seed=seed,
+                          steps=s["steps"], cfg=s["cfg"], width=s["width"], height=s["height"], sampler=s["sampler"],
+                          scheduler=s["scheduler"], prompt=s["prompt"], negative=s["negative"],
+                          strength=s["strength"])
 
 
 class _ServerStub:
@@ -143,10 +128,7 @@ def settings_record(checkpoint, adapter, projector, clap, settings):
             **settings}
 
 
-def generate(audio_files, out_dir, checkpoint, adapter, clap, projector=None, seed=0, steps=50, cfg=7.5,
-             width=512, height=512, sampler="euler", scheduler="normal", prompt="", negative="",
-             strength=1.0, overwrite=False, progress=True):
-    """Renders ``out_dir/<stem>.png`` for each audio file. Returns {"rendered": n, "kept": n}."""
+def _check_files(audio_files, checkpoint, adapter, clap, projector):
     for what, p in (("checkpoint", checkpoint), ("adapter", adapter), ("CLAP weights", clap),
                     ("projector", projector)):
         if p is not None and not Path(p).is_file():
@@ -154,6 +136,50 @@ def generate(audio_files, out_dir, checkpoint, adapter, clap, projector=None, se
     stems = [Path(a).stem for a in audio_files]
     if len(set(stems)) != len(stems):
         raise GenerationError("--generate: two audio files share a stem; images are named after the stem")
+    return stems
+
+
+def _kept_images(out_dir, rec_path, record, stems, overwrite):
+    """The images of an earlier run with the same settings ({stem: info}), or {}."""
+    old = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    same = old is not None and {k: v for k, v in old.items() if k != "images"} == record
+    if old is not None and not same and not overwrite:
+        if any((out_dir / f"{st}.png").exists() for st in stems):
+            raise GenerationError(
+                f"{out_dir} holds images rendered with other settings ({rec_path}); pass --overwrite to "
+                "re-render them, or use another --generated folder")
+    if not same or overwrite:
+        return {}
+    return {st: info for st, info in old.get("images", {}).items() if (out_dir / f"{st}.png").exists()}
+
+
+def _render(todo, out_dir, files, seed, s, progress):
+    """Runs the graph once per (audio, stem); returns {stem: info} of the rendered images."""
+    import execution
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    checkpoint, adapter, clap, projector = files
+    names = {"ckpt": _link("checkpoints", checkpoint), "adapter": _link("sonic_diffusion", adapter),
+             "clap": _link("audio_encoders", clap),
+             "projector": _link("sonic_diffusion", projector) if projector else BUNDLED}
+    executor = execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    done = {}
+    for audio, stem in tqdm(todo, desc="generate", unit="image", disable=not progress):
+        sd = stem_seed(seed, stem)
+        img = _run(executor, graph(names, _link("input", audio), sd, s))
+        arr = (img.float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        write_atomic(out_dir / f"{stem}.png", lambda tmp, arr=arr: Image.fromarray(arr).save(tmp, format="PNG"))
+        done[stem] = {"audio": str(Path(audio).resolve()), "seed": sd}
+    return done
+
+
+def generate(audio_files, out_dir, checkpoint, adapter, clap, projector=None, seed=0, steps=50, cfg=7.5,
+             width=512, height=512, sampler="euler", scheduler="normal", prompt="", negative="",
+             strength=1.0, overwrite=False, progress=True):
+    """Renders ``out_dir/<stem>.png`` for each audio file. Returns {"rendered": n, "kept": n}."""
+    stems = _check_files(audio_files, checkpoint, adapter, clap, projector)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s = {"seed": int(seed), "steps": int(steps), "cfg": float(cfg), "width": int(width), "height": int(height),
@@ -161,40 +187,12 @@ def generate(audio_files, out_dir, checkpoint, adapter, clap, projector=None, se
          "strength": float(strength), "seed_rule": "seed + sha256(stem)[:4] mod 2**31"}
     record = settings_record(checkpoint, adapter, projector, clap, s)
     rec_path = out_dir / "generation.json"
-    old = json.loads(rec_path.read_text()) if rec_path.is_file() else None
-    same = old is not None and {k: v for k, v in old.items() if k != "images"} == record
-    if old is not None and not same and not overwrite:
-        existing = [st for st in stems if (out_dir / f"{st}.png").exists()]
-        if existing:
-            raise GenerationError(
-                f"{out_dir} holds images rendered with other settings ({rec_path}); pass --overwrite to "
-                "re-render them, or use another --generated folder")
-    images = dict(old.get("images", {})) if same else {}
-    todo = [(a, st) for a, st in zip(audio_files, stems)
-            if overwrite or not (same and (out_dir / f"{st}.png").exists())]
+    images = _kept_images(out_dir, rec_path, record, stems, overwrite)
+    todo = [(a, st) for a, st in zip(audio_files, stems) if st not in images]
     if todo:
-        boot_host()
-        import execution
-        from PIL import Image
-        from tqdm.auto import tqdm
-
-        names = {"ckpt": _link("checkpoints", checkpoint), "adapter": _link("sonic_diffusion", adapter),
-                 "clap": _link("audio_encoders", clap),
-                 "projector": _link("sonic_diffusion", projector) if projector else BUNDLED}
-        executor = execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC,
-                                            cache_args={"lru": 0, "ram": 0})
-        for audio, stem in tqdm(todo, desc="generate", unit="image", disable=not progress):
-            sd = stem_seed(seed, stem)
-            img = _run(executor, graph(names, _link("input", audio), sd, s))
-            arr = (img.float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-            dest = out_dir / f"{stem}.png"
-            tmp = out_dir / f".{stem}.{os.getpid()}.tmp.png"
-            Image.fromarray(arr).save(tmp)
-            os.replace(tmp, dest)
-            images[stem] = {"audio": str(Path(audio).resolve()), "seed": sd}
+        with host_session():
+            images.update(_render(todo, out_dir, (checkpoint, adapter, clap, projector), seed, s, progress))
     for audio, stem in zip(audio_files, stems):
         images.setdefault(stem, {"audio": str(Path(audio).resolve()), "seed": stem_seed(seed, stem)})
-    tmp = rec_path.with_name(f".generation.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(record, images=images), indent=2, sort_keys=True))
-    os.replace(tmp, rec_path)
+    write_text_atomic(rec_path, json.dumps(dict(record, images=images), indent=2, sort_keys=True))
     return {"rendered": len(todo), "kept": len(stems) - len(todo)}

@@ -45,6 +45,14 @@ class ModelMissingError(FileNotFoundError):
     pass
 
 
+class ModelFileError(ValueError):
+    """A model file is there but is not the model it was given as (or is damaged)."""
+
+
+def _first_line(e):
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def require(kind, path):
     """Checks that the model file/folder exists; returns it as a Path."""
     default, option, source = MODEL_SOURCES[kind]
@@ -59,9 +67,11 @@ def require(kind, path):
 
 
 def pick_device(name=None):
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """--device, or ComfyUI's device (CUDA, MPS, XPU, DirectML... or the CPU) when absent."""
+    from .. import host
+
+    host.bootstrap()
+    return host.torch_device(name)
 
 
 def _open_rgb(path):
@@ -133,7 +143,10 @@ class Wav2ClipEmbedder:
         if self._model is None:
             from .wav2clip import load_wav2clip
 
-            self._model = load_wav2clip(self.path, self.device)
+            try:
+                self._model = load_wav2clip(self.path, self.device)
+            except ValueError as e:
+                raise ModelFileError(f"--wav2clip {self.path}: {_first_line(e)}") from None
         return self._model
 
     @torch.no_grad()
@@ -147,7 +160,9 @@ class Wav2ClipEmbedder:
             try:
                 x = prepare_wave(wav, sr, self.seconds)
             except ValueError as e:
-                raise ValueError(f"{p}: {e}") from None
+                from .data import DataError
+
+                raise DataError(f"{p}: {e}") from None
             e = self.model(x[None].to(self.device))
             out.append(torch.nn.functional.normalize(e.float(), dim=-1)[0].cpu().numpy())
         return np.stack(out)
@@ -178,10 +193,14 @@ class InceptionFeatures:
             # torch-fidelity would unpickle the file itself with weights_only=False. We read
             # it safely (weights_only=True, code refused) and hand torch-fidelity the tensors:
             # its torch.load call is answered with them, so no unsafe unpickling ever happens.
-            state_dict, _ = load_weights_file(self.path)
-            with mock.patch("torch.load", lambda *args, **kwargs: state_dict):
-                model = FeatureExtractorInceptionV3(
-                    "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(self.path))
+            try:
+                state_dict, _ = load_weights_file(self.path)
+                with mock.patch("torch.load", lambda *args, **kwargs: state_dict):
+                    model = FeatureExtractorInceptionV3(
+                        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(self.path))
+            except (ValueError, RuntimeError) as e:  # load_state_dict: missing or misshapen tensors
+                raise ModelFileError(f"--inception {self.path}: not torch-fidelity's FID Inception weights "
+                                     f"({_first_line(e)[:300]})") from None
             self._model = model.to(self.device)
         return self._model
 

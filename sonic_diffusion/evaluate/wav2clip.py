@@ -35,16 +35,25 @@ class Wav2ClipWeightsError(ValueError):
     """A file is not a (complete) Wav2CLIP checkpoint."""
 
 
+def _ops():
+    """ComfyUI's layer classes (comfy.ops): the same maths as torch.nn, with ComfyUI's
+    dtype casting and weight offloading; they skip torch's init (weights are loaded)."""
+    import comfy.ops
+
+    return comfy.ops.disable_weight_init
+
+
 class BasicBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        ops = _ops()
+        self.conv1 = ops.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = ops.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+            self.downsample = nn.Sequential(ops.Conv2d(inplanes, planes, 1, stride, bias=False),
                                             nn.BatchNorm2d(planes))
 
     def forward(self, x):
@@ -74,7 +83,7 @@ class AudioEncoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.spectrogram = _Spectrogram()
-        self.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        self.conv1 = _ops().Conv2d(1, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = 64
@@ -100,7 +109,8 @@ class AudioTransform(nn.Module):
 
     def __init__(self, dim=EMBED_DIM):
         super().__init__()
-        self.sequential = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(0.1), nn.Linear(dim, dim))
+        ops = _ops()
+        self.sequential = nn.Sequential(ops.Linear(dim, dim), nn.ReLU(), nn.Dropout(0.1), ops.Linear(dim, dim))
 
     def forward(self, x):
         return self.sequential(x)
@@ -141,9 +151,17 @@ def load_wav2clip(path, device="cpu"):
     """
     from ..safe_load import load_weights_file
 
-    sd = _unwrap(load_weights_file(path)[0])
     model = Wav2Clip()
     want = model.state_dict()
+    sd = _unwrap(load_weights_file(path, check=lambda header: _checked(_unwrap(header), want, path))[0])
+    sd = _checked(sd, want, path)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def _checked(sd, want, path):
+    """The audio tensors of a Wav2CLIP dict (tensors or safe_load's TensorSpecs), checked
+    by key and shape against ``want``."""
     sd = {k: v for k, v in sd.items() if k.startswith(("audio_encoder.", "audio_transform."))}
     if not sd:
         raise Wav2ClipWeightsError(
@@ -159,8 +177,7 @@ def load_wav2clip(path, device="cpu"):
     for k, v in sd.items():
         if tuple(v.shape) != tuple(want[k].shape):
             raise Wav2ClipWeightsError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(want[k].shape)}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
-    return model.eval().requires_grad_(False).to(device)
+    return sd
 
 
 def prepare_wave(waveform, sample_rate, seconds=10.0):

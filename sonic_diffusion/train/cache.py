@@ -10,21 +10,15 @@ skips them without retrying. Writes are atomic (temp file + rename).
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from ..files import file_sha256, write_atomic, write_text_atomic
 from . import distributed as D
 
 CACHE_VERSION = "1"
 log = logging.getLogger("sonic_diffusion.train")
-
-
-def _sha256_file(path):
-    from ..checkpoints import file_sha256
-
-    return file_sha256(path)
 
 
 class FeatureCache:
@@ -46,12 +40,10 @@ class FeatureCache:
         rec = self._hash_index.get(str(path))
         if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
             return rec[2]
-        digest = _sha256_file(path)
+        digest = file_sha256(path)
         self._hash_index[str(path)] = [st.st_size, st.st_mtime_ns, digest]
         try:
-            tmp = self._hash_index_path.with_name(f".{self._hash_index_path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(self._hash_index))
-            os.replace(tmp, self._hash_index_path)
+            write_text_atomic(self._hash_index_path, json.dumps(self._hash_index))
         except OSError:
             pass  # only a speed-up
         return digest
@@ -80,12 +72,9 @@ class FeatureCache:
     def save(self, kind, key, tensors, meta=None):
         from safetensors.torch import save_file
 
-        p = self._path(kind, key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: str(v) for k, v in (meta or {}).items()})
-        os.replace(tmp, p)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {k: str(v) for k, v in (meta or {}).items()}
+        write_atomic(self._path(kind, key), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def failure(self, kind, key):
         p = self._path(kind, key, ".failed")

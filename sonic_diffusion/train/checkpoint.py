@@ -7,9 +7,11 @@ OUT/log.csv, OUT/tensorboard/, OUT/run.json
 
 Both checkpoint files are written to a temporary name and renamed, weights first: the
 state file is the commit marker, so a crash at any point leaves the previous complete
-checkpoint as the latest one. --resume picks the newest state whose weights exist.
+checkpoint as the latest one. --resume picks the newest state whose weights exist
+and read back intact; a damaged one is skipped for the next older (and said so).
+Temporary files a killed save left behind are removed when the output is prepared.
 """
-import os
+import logging
 import random
 import re
 import shutil
@@ -19,6 +21,9 @@ import numpy as np
 import torch
 
 from ..checkpoints import save_atomic_safetensors
+from ..files import clean_stale_temps, write_atomic, write_text_atomic
+
+log = logging.getLogger("sonic_diffusion.train")
 
 CKPT_DIR = "checkpoints"
 LOG_FILE = "log.csv"
@@ -29,6 +34,10 @@ _STEP_RE = re.compile(r"^step_(\d{8})\.state\.pt$")
 
 class OutputExistsError(FileExistsError):
     pass
+
+
+class ResumeMismatchError(ValueError):
+    """--resume with settings that change the data stream: refused, never a fallback."""
 
 
 def weights_path(out, step):
@@ -61,30 +70,67 @@ def prepare_output(out, final_name, resume, overwrite):
         for p in found:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     (out / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+    removed = clean_stale_temps(out / CKPT_DIR) + clean_stale_temps(out)
+    if removed:
+        log.warning("removed %d temporary file(s) left by an interrupted save: %s", len(removed),
+                 ", ".join(p.name for p in removed[:4]))
     return out
+
+
+def complete_checkpoints(out):
+    """Steps (newest first) whose state file and weights file both exist."""
+    ck = Path(out) / CKPT_DIR
+    if not ck.is_dir():
+        return []
+    steps = sorted((int(m.group(1)) for m in (_STEP_RE.match(p.name) for p in ck.iterdir()) if m), reverse=True)
+    return [s for s in steps if weights_path(out, s).exists()]
 
 
 def latest_state(out):
     """(step, state path) of the newest complete checkpoint, or None."""
-    ck = Path(out) / CKPT_DIR
-    if not ck.is_dir():
-        return None
-    steps = sorted((int(m.group(1)) for m in (_STEP_RE.match(p.name) for p in ck.iterdir()) if m), reverse=True)
-    for s in steps:
-        if weights_path(out, s).exists():
-            return s, state_path(out, s)
+    steps = complete_checkpoints(out)
+    return (steps[0], state_path(out, steps[0])) if steps else None
+
+
+def read_checkpoint(out, step):
+    """(state, weights) of one checkpoint, read through the safe loaders; raises
+    WeightsFileError (a ValueError) if either file is damaged."""
+    from ..safe_load import load_pickle_weights, load_safetensors_weights
+
+    state = load_pickle_weights(state_path(out, step))
+    if not isinstance(state, dict) or "optimizer" not in state or "rng" not in state:
+        raise ValueError(f"{state_path(out, step).name} holds no training state")
+    weights, _ = load_safetensors_weights(weights_path(out, step))
+    return state, weights
+
+
+def newest_intact_checkpoint(out, apply):
+    """Reads the newest complete checkpoint and hands it to ``apply(step, state, weights)``;
+    a damaged one (unreadable, or refused by ``apply``) is skipped with a warning for the
+    next older. Returns the step, None without checkpoints; raises if all are damaged."""
+    problems = []
+    for step in complete_checkpoints(out):
+        try:
+            state, weights = read_checkpoint(out, step)
+            apply(step, state, weights)
+        except ResumeMismatchError:
+            raise
+        except (ValueError, KeyError, RuntimeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("--resume: checkpoint step %d is damaged (%s); trying the next older one", step, reason)
+            problems.append(f"step {step}: {reason}")
+            continue
+        if problems:
+            log.warning("--resume: fell back to the intact checkpoint at step %d", step)
+        return step
+    if problems:
+        raise ValueError(f"--resume: every checkpoint in {Path(out) / CKPT_DIR} is damaged ({'; '.join(problems)}); "
+                         f"pass --overwrite to start again")
     return None
 
 
 def _atomic_torch_save(obj, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state():
@@ -124,10 +170,6 @@ def save_checkpoint(out, step, tensors, metadata, state, keep=2):
     return w
 
 
-def load_state(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def truncate_log(out, step):
     """Drops log rows after `step` (written by a run that died before its next save)."""
     p = Path(out) / LOG_FILE
@@ -135,6 +177,4 @@ def truncate_log(out, step):
         return
     lines = p.read_text().splitlines(keepends=True)
     keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= step]
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, p)
+    write_text_atomic(p, "".join(keep))

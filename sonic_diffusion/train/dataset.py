@@ -44,34 +44,56 @@ def _is_hidden(rel):
     return any(part.startswith(".") for part in rel.parts)
 
 
+STEM_COLUMNS = ("stem", "name", "file", "filename", "audio", "path", "id")
+CLASS_COLUMNS = ("class", "label", "category", "class_name", "classname")
+
+
+def label_columns(row):
+    """(stem column, class column) named by a header row (any case, any order, extra
+    columns allowed), or None when the row is data."""
+    names = [c.strip().lower() for c in row]
+    stem = next((i for i, c in enumerate(names) if c in STEM_COLUMNS), None)
+    cls = next((i for i, c in enumerate(names) if c in CLASS_COLUMNS), None)
+    return (stem, cls) if stem is not None and cls is not None else None
+
+
 def read_labels(path):
-    """labels.csv -> ({stem: class}, [problems]). A header row (stem,class) is optional."""
+    """labels.csv -> ({stem: class}, [problems]). Without a header the columns are
+    stem,class; a header row names them (e.g. "Class,Stem" or "file,split,label")."""
     labels, problems = {}, []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError) as e:
         return {}, [f"{path.name} could not be read ({e})"]
+    cols, first = (0, 1), True
     for n, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         if not row or all(not c for c in row) or row[0].startswith("#"):
             continue
-        if n == 1 and [c.lower() for c in row[:2]] in (["stem", "class"], ["stem", "label"], ["name", "class"]):
-            continue
-        if len(row) < 2 or not row[0] or not row[1]:
+        if first:
+            first = False
+            named = label_columns(row)
+            if named is not None:
+                cols = named
+                continue
+        si, ci = cols
+        if len(row) <= max(si, ci) or not row[si] or not row[ci]:
             problems.append(f"{path.name} line {n}: expected 'stem,class', got {','.join(row)!r}")
             continue
-        stem = os.path.splitext(row[0])[0] if row[0].lower().endswith(AUDIO_EXTS + IMAGE_EXTS) else row[0]
+        stem = os.path.splitext(row[si])[0] if row[si].lower().endswith(AUDIO_EXTS + IMAGE_EXTS) else row[si]
         stem = stem.replace("\\", "/")
-        if stem in labels and labels[stem] != row[1]:
-            problems.append(f"{path.name} line {n}: {stem!r} is labelled twice ({labels[stem]!r}, {row[1]!r})")
-        labels[stem] = row[1]
+        if stem in labels and labels[stem] != row[ci]:
+            problems.append(f"{path.name} line {n}: {stem!r} is labelled twice ({labels[stem]!r}, {row[ci]!r})")
+        labels[stem] = row[ci]
     return labels, problems
 
 
 def scan_folder(root):
     """Finds the pairs; reads captions and labels (cheap). Decoding is checked elsewhere."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"--data {root} is a file; give the folder that holds the x.wav + x.png pairs")
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     audio, image, caption = {}, {}, {}

@@ -36,14 +36,17 @@ def local_rank():
 
 def init(device_kind="auto"):
     """Joins the process group torchrun describes (WORLD_SIZE/RANK/MASTER_ADDR...).
-    Returns the torch.device this process trains on."""
-    use_cuda = torch.cuda.is_available() and device_kind != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank())  # before ComfyUI asks for "the" device
+    Returns the torch.device this process trains on: ComfyUI's device for "auto"
+    (CUDA, MPS, XPU, DirectML... or the CPU), else the named one."""
+    from .. import host
+
+    if "LOCAL_RANK" in os.environ and device_kind != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())  # torchrun: one GPU per process, before ComfyUI picks "the" device
+    device = host.torch_device(device_kind)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         _state["initialized_here"] = True
-    return torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")
+    return device
 
 
 def shutdown():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import write_text_atomic
 from . import checkpoint as C
 from . import distributed as D
 
@@ -129,126 +130,151 @@ def _progress(total, initial):
                 unit="step")
 
 
-def run(task, args, device):
-    """Trains `task` (stage1.Stage1Task or stage2.Stage2Task); returns a summary dict."""
-    W, R = D.world_size(), D.rank()
-    B, A = int(args.batch_size), int(args.grad_accum)
-    G = B * W * A
-    n_items = task.n_items
-    total = total_steps(args, n_items, G)
-    out = Path(args.out)
-    named = task.trainable()
-    params = [p for _, p in named]
+def _optimizer(args, params):
     if getattr(args, "optimizer", "adam") == "sgd":
         # Plain SGD: the update is lr * gradient, which tests compare across process counts.
-        opt = torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
-    use_scaler = args.precision == "fp16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
-    stream = {"stage": task.stage, "seed": int(args.seed), "global_batch": G,
-              "repeat_first_batch": bool(args.repeat_first_batch), "items": n_items}
+        return torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
 
-    start = 0
-    found = C.latest_state(out) if args.resume else None
-    if found is not None:
-        step, spath = found
-        state = C.load_state(spath)
-        old = state.get("stream", {})
-        diff = {k: (old.get(k), stream[k]) for k in STREAM_KEYS if old.get(k) != stream[k]}
-        if diff:
-            raise ValueError("--resume: these settings differ from the run being resumed, so the data stream would "
-                             "not continue: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-                             + " (global_batch = batch size x processes x grad accumulation)")
-        from safetensors.torch import load_file
 
-        task.load_weights(load_file(str(C.weights_path(out, step))))
+def _check_stream(old, stream):
+    diff = {k: (old.get(k), stream[k]) for k in STREAM_KEYS if old.get(k) != stream[k]}
+    if diff:
+        raise C.ResumeMismatchError(
+            "--resume: these settings differ from the run being resumed, so the data stream would not continue: "
+            + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+            + " (global_batch = batch size x processes x grad accumulation)")
+
+
+def _resume(task, args, opt, scaler, stream, total):
+    """Loads the newest intact checkpoint of args.out into task, optimizer, scaler and
+    the RNGs; returns the step it reached (0 without a checkpoint)."""
+    out = Path(args.out)
+
+    def apply(step, state, weights):
+        _check_stream(state.get("stream", {}), stream)
+        task.load_weights(weights)
         opt.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         C.set_rng_state(state["rng"])
-        start = int(state["step"])
+
+    step = C.newest_intact_checkpoint(out, apply)
+    if step is None:
         if D.is_main():
-            log.info("resumed from %s at step %d of %d", spath.name, start, total)
-        if start >= total:
-            log.info("nothing to do: the run already reached step %d (raise --steps/--epochs to go on)", start)
-    elif args.resume and D.is_main():
-        log.info("--resume: no checkpoint in %s, starting from step 0", out / C.CKPT_DIR)
-    D.broadcast_parameters(params)
+            log.info("--resume: no checkpoint in %s, starting from step 0", out / C.CKPT_DIR)
+        return 0
     if D.is_main():
-        (out / C.RUN_FILE).write_text(json.dumps({"args": vars(args),
-                                                  "stream": stream, "world_size": W, "total_steps": total,
-                                                  "trainable_parameters": sum(p.numel() for p in params)},
-                                                 indent=2, default=str))
+        log.info("resumed from %s at step %d of %d", C.state_path(out, step).name, step, total)
+        if step >= total:
+            log.info("nothing to do: the run already reached step %d (raise --steps/--epochs to go on)", step)
+    return step
+
+
+def _write_run_file(args, stream, total, params):
+    if D.is_main():
+        record = {"args": vars(args), "stream": stream, "world_size": D.world_size(), "total_steps": total,
+                  "trainable_parameters": sum(p.numel() for p in params)}
+        write_text_atomic(Path(args.out) / C.RUN_FILE, json.dumps(record, indent=2, default=str))
+
+
+def _learning_rate(args, step):
+    return args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else args.lr
+
+
+class _Trainer:
+    """One optimizer step at a time: accumulation, gradient averaging, clipping, update."""
+
+    def __init__(self, task, args, device):
+        self.task, self.args, self.device = task, args, device
+        self.W, self.R = D.world_size(), D.rank()
+        self.B, self.A = int(args.batch_size), int(args.grad_accum)
+        self.G = self.B * self.W * self.A
+        self.params = [p for _, p in task.trainable()]
+        self.opt = _optimizer(args, self.params)
+        use_scaler = args.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=True) if use_scaler else None
+
+    def step(self, step):
+        args, opt, scaler = self.args, self.opt, self.scaler
+        lr = _learning_rate(args, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        sums = {k: 0.0 for k in ["loss"] + list(self.task.loss_parts)}
+        for m in range(self.A):
+            base = (0 if args.repeat_first_batch else step * self.G) + (m * self.W + self.R) * self.B
+            loss, parts = self.task.loss(range(base, base + self.B))
+            (scaler.scale(loss / self.A) if scaler is not None else loss / self.A).backward()
+            sums["loss"] += float(loss.detach()) / self.A
+            for k, v in parts.items():
+                sums[k] += float(v) / self.A
+        D.average_gradients(self.params)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        keys = list(sums)
+        return dict(zip(keys, D.mean_of([sums[k] for k in keys], self.device))), lr
+
+    def state_dict(self, step, stream):
+        return {"optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": C.rng_state(), "stream": stream,
+                "data": {"position": step * self.G, "seed": int(self.args.seed)}}
+
+
+def run(task, args, device):
+    """Trains `task` (stage1.Stage1Task or stage2.Stage2Task); returns a summary dict."""
+    tr = _Trainer(task, args, device)
+    G, n_items, out = tr.G, task.n_items, Path(args.out)
+    total = total_steps(args, n_items, G)
+    stream = {"stage": task.stage, "seed": int(args.seed), "global_batch": G,
+              "repeat_first_batch": bool(args.repeat_first_batch), "items": n_items}
+    start = _resume(task, args, tr.opt, tr.scaler, stream, total) if args.resume else 0
+    D.broadcast_parameters(tr.params)
+    _write_run_file(args, stream, total, tr.params)
+
+    def save(step):
+        if D.is_main():
+            tensors, meta = task.weights_tensors(step)
+            C.save_checkpoint(out, step, tensors, meta, tr.state_dict(step, stream), keep=args.keep_checkpoints)
+        D.barrier()
 
     columns = ["step", "epoch", "loss"] + list(task.loss_parts) + ["lr", "samples_per_s", "elapsed_s"]
     runlog = RunLog(out, columns, args.tensorboard, start)
     bar = _progress(total, start)
     t_start = time.perf_counter()
-    rate = None
-    last = {}
-
-    def state_dict(step):
-        return {"optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": C.rng_state(), "stream": stream,
-                "data": {"position": step * G, "seed": int(args.seed)}}
-
-    def save(step):
-        if D.is_main():
-            tensors, meta = task.weights_tensors(step)
-            C.save_checkpoint(out, step, tensors, meta, state_dict(step), keep=args.keep_checkpoints)
-        D.barrier()
-
-    attention = differentiable_attention()
-    attention.__enter__()
+    rate, last = None, {}
     try:
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else args.lr
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            sums = {k: 0.0 for k in ["loss"] + list(task.loss_parts)}
-            for m in range(A):
-                base = (0 if args.repeat_first_batch else step * G) + (m * W + R) * B
-                loss, parts = task.loss(range(base, base + B))
-                (scaler.scale(loss / A) if scaler is not None else loss / A).backward()
-                sums["loss"] += float(loss.detach()) / A
-                for k, v in parts.items():
-                    sums[k] += float(v) / A
-            D.average_gradients(params)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if args.max_grad_norm and args.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            keys = list(sums)
-            means = dict(zip(keys, D.mean_of([sums[k] for k in keys], device)))
-            s = step + 1
-            dt = time.perf_counter() - t0
-            rate = G / dt if rate is None else 0.9 * rate + 0.1 * G / dt
-            last = dict(means, step=s, epoch=round(s * G / n_items, 4), lr=lr, samples_per_s=round(G / dt, 3),
-                        elapsed_s=round(time.perf_counter() - t_start, 2))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{means['loss']:.4f}", **{task.rate_unit: f"{rate:.2f}"})
-            if s % args.log_every == 0 or s == total or s == start + 1:
-                runlog.write(last)
-            task.after_step(s, means)
-            if args.save_every and s % args.save_every == 0 and s != total:
-                save(s)
-        if total > start or found is None:
-            save(total)
-        if D.is_main():
-            tensors, meta = task.final_tensors(total)
-            C.save_atomic_safetensors(tensors, out / task.final_name, meta, overwrite=True)
-        D.barrier()
+        with differentiable_attention():
+            for step in range(start, total):
+                t0 = time.perf_counter()
+                means, lr = tr.step(step)
+                s, dt = step + 1, time.perf_counter() - t0
+                rate = G / dt if rate is None else 0.9 * rate + 0.1 * G / dt
+                last = dict(means, step=s, epoch=round(s * G / n_items, 4), lr=lr, samples_per_s=round(G / dt, 3),
+                            elapsed_s=round(time.perf_counter() - t_start, 2))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", **{task.rate_unit: f"{rate:.2f}"})
+                if s % args.log_every == 0 or s == total or s == start + 1:
+                    runlog.write(last)
+                task.after_step(s, means)
+                if args.save_every and s % args.save_every == 0 and s != total:
+                    save(s)
+            if total > start or start == 0:
+                save(total)
+            if D.is_main():
+                tensors, meta = task.final_tensors(total)
+                C.save_atomic_safetensors(tensors, out / task.final_name, meta, overwrite=True)
+            D.barrier()
     finally:
-        attention.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         runlog.close()

@@ -6,7 +6,7 @@ import { app } from "../../../scripts/app.js";
 // widget up: without it the node fails to build in the page. Add the preview widget
 // before the upload button, as the frontend does for core Load Audio.
 app.registerExtension({
-  name: "SonicDiffusion.LoadAudioPreview",
+  name: "sonicdiffusion.LoadAudioPreview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== "SonicLoadAudio") return;
     const required = nodeData.input?.required;

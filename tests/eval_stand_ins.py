@@ -15,7 +15,7 @@ import torch
 
 
 def _tokenizer_dir():
-    from .. import host
+    from sonic_diffusion import host
 
     d = host.locate_comfyui() / "comfy" / "sd1_tokenizer"
     if not (d / "vocab.json").is_file():
@@ -44,15 +44,24 @@ def tiny_clip(path, patch_size=32, image_size=32, projection_dim=512, hidden=32,
     return path
 
 
+def _torch_default_init(model):
+    """torch.nn's own initialisation, in construction order: the comfy.ops layers the
+    model is built from skip it (they expect loaded weights)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            (torch.nn.Linear if isinstance(m, torch.nn.Linear) else torch.nn.Conv2d).reset_parameters(m)
+    return model
+
+
 def random_wav2clip_state_dict(seed=0):
     """Flat dict in the Wav2CLIP.pt layout (audio_encoder.*, audio_transform.*, image_transform.*),
     with non-trivial BatchNorm statistics."""
-    from .wav2clip import AudioTransform, Wav2Clip
+    from sonic_diffusion.evaluate.wav2clip import AudioTransform, Wav2Clip
 
     torch.manual_seed(seed)
-    model = Wav2Clip()
+    model = _torch_default_init(Wav2Clip())
     sd = dict(model.state_dict())
-    sd.update({"image_transform." + k: v for k, v in AudioTransform().state_dict().items()})
+    sd.update({"image_transform." + k: v for k, v in _torch_default_init(AudioTransform()).state_dict().items()})
     g = torch.Generator().manual_seed(seed + 1)
     for k, v in sd.items():
         if k.endswith("running_mean"):
@@ -100,7 +109,7 @@ def random_inception(path, seed=0):
 
 def model_folder(root, seed=0):
     """Every evaluation model under ``root`` with the CLI's default names (--models-dir)."""
-    from .models import MODEL_SOURCES
+    from sonic_diffusion.evaluate.models import MODEL_SOURCES
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,84 @@
+"""Audio Encode Frames (Sonic) and Shared Noise (Sonic): audio-reactive animation."""
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..sonic_diffusion.animation import MAX_WINDOW_S, SharedNoise, encode_frames
+from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, require_finite, schema
+
+
+class SonicAudioEncodeFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioEncodeFrames",
+            display_name="Audio Encode Frames (Sonic)",
+            category=CATEGORY + "/audio",
+            description="Slides the CLAP window along a song or recording and returns one audio embedding per "
+                        "video frame at fps: a batch that Apply Sonic Adapter maps one-to-one onto a latent batch "
+                        "of frame_count latents. Windows are built and encoded batch by batch (bounded memory "
+                        "for long songs), with a progress bar, and the run can be cancelled.",
+            inputs=[
+                SonicAudioEncoderType.Input("audio_encoder", tooltip="From Audio Encoder Loader (Sonic)."),
+                io.Audio.Input("audio", tooltip="One clip (Load Audio (Sonic) can cut a part of a long file)."),
+                io.Float.Input("fps", default=8.0, min=0.1, max=120.0, step=0.5,
+                               tooltip="Frames per second of the animation: one embedding every 1/fps seconds."),
+                io.Float.Input("window_seconds", default=10.0, min=0.5, max=MAX_WINDOW_S, step=0.5,
+                               tooltip="Length of the audio window around each frame. 10 s is what CLAP was "
+                                       "trained on; shorter windows follow fast changes and are tiled to 10 s."),
+                io.Float.Input("hop_seconds", default=0.0, min=0.0, max=60.0, step=0.05,
+                               tooltip="0 encodes one window per frame. Larger values encode a window every "
+                                       "hop_seconds and interpolate the frames between them (faster)."),
+                io.Float.Input("smoothing_seconds", default=0.0, min=0.0, max=30.0, step=0.05,
+                               tooltip="Gaussian smoothing over time (its sigma, in seconds); 0 is off. Calms "
+                                       "flicker between frames."),
+            ],
+            outputs=[
+                SonicAudioEmbeds.Output(display_name="audio_embeds"),
+                io.Int.Output(display_name="frame_count", tooltip="Number of frames: the latent batch size."),
+                io.Float.Output(display_name="fps", tooltip="The fps, for Create Video and Save Animated WEBP."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, audio_encoder, audio, fps, window_seconds, hop_seconds, smoothing_seconds):
+        node = "Audio Encode Frames (Sonic)"
+        require_finite(node, fps=fps, window_seconds=window_seconds, hop_seconds=hop_seconds,
+                       smoothing_seconds=smoothing_seconds)
+        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+            raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+        bar = comfy.utils.ProgressBar(1)
+
+        def progress(done, total):
+            bar.update_absolute(done, total)
+
+        try:
+            embeds = encode_frames(audio_encoder, audio["waveform"], audio["sample_rate"], fps,
+                                   window_s=window_seconds, hop_s=hop_seconds, smoothing_s=smoothing_seconds,
+                                   progress=progress,
+                                   check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        except ValueError as e:
+            raise NodeInputError(f"{node}: {e}") from None
+        return io.NodeOutput(embeds, int(embeds.shape[0]), float(fps))
+
+
+class SonicSharedNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicSharedNoise",
+            display_name="Shared Noise (Sonic)",
+            category=CATEGORY + "/sampling",
+            description="NOISE for SamplerCustomAdvanced where every latent of the batch starts from the same "
+                        "noise (the core Random Noise gives each latent its own). Animation frames then stay "
+                        "coherent and change only with their audio.",
+            inputs=[
+                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the one noise image shared by every latent."),
+            ],
+            outputs=[io.Noise.Output()],
+        )
+
+    @classmethod
+    def execute(cls, noise_seed):
+        return io.NodeOutput(SharedNoise(noise_seed))

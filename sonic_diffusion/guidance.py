@@ -1,0 +1,122 @@
+"""Separate text and audio guidance (issue 14), for SamplerCustomAdvanced:
+
+    e(-,-) + s_text * (e(t,-) - e(-,-)) + s_audio * (e(t,a) - e(t,-))
+
+e(-,-): negative prompt with the negative audio; e(t,a): positive prompt with the
+audio; e(t,-): positive prompt with the negative audio. "Negative audio" is what the
+joint guidance gives the negative prompt (docs/design.md section 1; labels: section 10.3):
+the null audio tokens, or the tokens of Apply Sonic Adapter's negative_audio_embeds.
+
+The Sonic patch picks tokens per batch chunk from transformer_options["cond_or_uncond"]
+(label 1 -> negative audio, any other -> audio). The guider runs the positive prompt a
+second time as conds index 2 and shows that label as 1 to the Sonic patches only, so
+all three predictions go through one calc_cond_batch call (one model call per step
+when memory allows), and other patches see ComfyUI's labels unchanged.
+"""
+import math
+
+import comfy.samplers
+
+from .patch import SonicAudioPatch
+
+# Indices into the conds list handed to calc_cond_batch (they become cond_or_uncond).
+WITH_AUDIO, NEGATIVE, WITHOUT_AUDIO = 0, 1, 2
+COND_KEYS = ("positive", "negative", "positive_without_audio")
+
+
+def sonic_patches(model_options):
+    """The Sonic audio patches registered in a MODEL's model_options."""
+    patches = model_options.get("transformer_options", {}).get("patches", {})
+    return [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
+
+
+class NegativeAudioView:
+    """Calls one Sonic patch with the WITHOUT_AUDIO chunk labelled as negative, so
+    that chunk gets the negative audio tokens through the patch's own selection."""
+
+    def __init__(self, patch):
+        self.patch = patch
+
+    def __call__(self, n, extra_options):
+        chunks = extra_options.get("cond_or_uncond")
+        if chunks and WITHOUT_AUDIO in chunks:
+            extra_options = dict(extra_options)
+            extra_options["cond_or_uncond"] = [NEGATIVE if c == WITHOUT_AUDIO else c for c in chunks]
+        return self.patch(n, extra_options)
+
+
+def with_negative_audio_view(model_options):
+    """A shallow copy of model_options whose Sonic patches are seen through NegativeAudioView."""
+    to = model_options.get("transformer_options", {})
+    patches = to.get("patches", {})
+    listed = patches.get("attn2_output_patch", [])
+    viewed = [NegativeAudioView(p) if isinstance(p, SonicAudioPatch) else p for p in listed]
+    return {**model_options,
+            "transformer_options": {**to, "patches": {**patches, "attn2_output_patch": viewed}}}
+
+
+def predictions_needed(text_scale, audio_scale, cfg1_optimization=True):
+    """Which of e(t,a), e(-,-), e(t,-) the formula needs (a zero coefficient drops one):
+    e(t,a) has coefficient s_audio, e(t,-) s_text - s_audio, e(-,-) 1 - s_text
+    (kept at s_text = 1 when ComfyUI's cfg-1 optimization is disabled)."""
+    return {
+        "positive": audio_scale != 0.0,
+        "negative": not (cfg1_optimization and math.isclose(text_scale, 1.0)),
+        "positive_without_audio": text_scale != audio_scale,
+    }
+
+
+class DualGuider(comfy.samplers.CFGGuider):
+    """CFGGuider with separate text (s_text) and audio (s_audio) scales.
+
+    With s_text == s_audio the call and the formula are CFGGuider's own.
+    """
+
+    def set_conds(self, positive, negative):
+        self.inner_set_conds({"positive": positive, "negative": negative, "positive_without_audio": positive})
+
+    def set_cfg(self, text_scale, audio_scale=None):
+        self.text_scale = float(text_scale)
+        self.audio_scale = float(text_scale if audio_scale is None else audio_scale)
+        self.cfg = self.text_scale  # read by code that expects a CFGGuider
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        s_text, s_audio = self.text_scale, self.audio_scale
+        need = predictions_needed(s_text, s_audio, not model_options.get("disable_cfg1_optimization", False))
+        conds = [self.conds.get(k) if need[k] else None for k in COND_KEYS]
+        options = with_negative_audio_view(model_options) if need["positive_without_audio"] else model_options
+        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
+        # Text part through cfg_function, so sampler_cfg_function / post-cfg patches
+        # (RescaleCFG and the like) apply as they do with CFGGuider. At s_text == s_audio
+        # e(t,-) cancels and this is the joint guidance; at s_text == 1 cfg(c, c, 1) == c.
+        text_cond = e_tn if need["positive_without_audio"] else e_ta
+        text_uncond = e_nn if need["negative"] else text_cond
+        out = comfy.samplers.cfg_function(self.inner_model, text_cond, text_uncond, s_text, x, timestep,
+                                          model_options=model_options, cond=conds[WITH_AUDIO] or conds[WITHOUT_AUDIO],
+                                          uncond=conds[NEGATIVE])
+        if need["positive_without_audio"] and need["positive"]:
+            out = out + (e_ta - e_tn) * s_audio
+        return out
+
+
+class AudioGuidanceRatio:
+    """The same guidance for KSampler, as model_options["sampler_calc_cond_batch_function"]:
+    with KSampler's cfg s it gives s_text = s and s_audio = ratio * s.
+
+    CFG computes e(-,-) + s * (c - e(-,-)); handing it c = e(t,-) + ratio * (e(t,a) - e(t,-))
+    instead of e(t,a) yields the separate formula, from one calc_cond_batch call.
+    """
+
+    def __init__(self, ratio):
+        self.ratio = float(ratio)
+
+    def __call__(self, args):
+        positive, negative = args["conds"][0], args["conds"][1]
+        model, x, sigma, options = args["model"], args["input"], args["sigma"], args["model_options"]
+        r = self.ratio
+        if r == 1.0 or positive is None:
+            return comfy.samplers.calc_cond_batch(model, [positive, negative], x, sigma, options)
+        conds = [positive if r != 0.0 else None, negative, positive]
+        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(model, conds, x, sigma, with_negative_audio_view(options))
+        cond = e_tn if r == 0.0 else e_tn + (e_ta - e_tn) * r
+        return [cond, e_nn]

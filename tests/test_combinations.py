@@ -1,0 +1,173 @@
+"""The adapter combined with what users put beside it: GLIGEN and any other
+middle_patch (in any order), an attention-replace pack on the same blocks (the
+mechanism IPAdapter uses), LoRA and ControlNet, and the sampling window through the
+real KSampler. Observed from outside: a spy on the patch, hooks on the UNet's norm2,
+the plain formula from tests/sonic_reference.py."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import comfy.ldm.modules.attention as comfy_attention
+import nodes
+
+from combo_parts import ShiftStream, apply_adapter, ksample, write_gligen
+from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
+from sonic_reference import record_attn2_streams, reference_term, spy_patch_calls
+
+# fast (folded) path vs the plain formula on one block's term, fp32: the largest
+# |difference| / max|term| measured over these tests was 9.8e-6 (printed with -s);
+# 1e-4 leaves 10x room while the stale-stream gaps measured 3.8e-2 .. 9.1e-2, and the
+# tests require a gap above 100 x the tolerance (1e-2).
+TERM_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def sd15(host, fixture_dir):
+    name = host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True))
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+    pos = nodes.CLIPTextEncode().encode(clip, "a quiet lake")[0]
+    neg = nodes.CLIPTextEncode().encode(clip, "")[0]
+    return {"model": model, "clip": clip, "vae": vae, "pos": pos, "neg": neg}
+
+
+@pytest.fixture(scope="module")
+def adapter(host, fixture_dir):
+    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
+    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
+    loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
+    return loader.execute(adapter_name=gates, projector_name=proj).result[0]
+
+
+@pytest.fixture(scope="module")
+def embeds():
+    return torch.nn.functional.normalize(torch.randn(1, 1024, generator=torch.Generator().manual_seed(4)), dim=-1)
+
+
+def check_terms_on_seen_stream(calls, seen, stale_streams=None):
+    """Every adapter call's term equals the plain formula on the stream attn2 saw.
+    With stale_streams (per block, the stream before the later middle patches), also
+    proves the test can fail: the formula on those differs far beyond tolerance.
+    Returns (worst relative error, smallest stale gap)."""
+    worst, gap = 0.0, float("inf")
+    index = {k: 0 for k in seen}
+    for patch, key, n_in, n_out, extra in calls:
+        if key not in BLOCKS_BY_COMFY_KEY:
+            continue
+        block = BLOCKS_BY_COMFY_KEY[key]
+        x = seen[key][index[key]]
+        chunks = extra.get("cond_or_uncond") or [0]
+        term = n_out - n_in
+        expected = reference_term(patch, block, x + n_in, chunks)
+        scale = float(expected.abs().max())
+        assert scale > 0
+        worst = max(worst, float((term - expected).abs().max()) / scale)
+        if stale_streams is not None and stale_streams[key]:
+            stale = reference_term(patch, block, stale_streams[key][index[key]] + n_in, chunks)
+            gap = min(gap, float((stale - expected).abs().max()) / scale)
+        index[key] += 1
+    assert all(index[b.comfy_block] > 0 for b in ADAPTER_BLOCKS)
+    return worst, gap
+
+
+def test_gligen_stream_is_the_one_the_adapter_uses(host, sd15, adapter, embeds, tmp_path, monkeypatch):
+    """Core GLIGENLoader + GLIGENTextBoxApply append their middle_patch after the model's
+    own at sampling time; the adapter must still use the post-GLIGEN stream."""
+    name = host.link_model("gligen", write_gligen(tmp_path / "gligen_standin.safetensors"))
+    gligen = nodes.GLIGENLoader().load_gligen(name)[0]
+    pos = nodes.GLIGENTextBoxApply().append(sd15["pos"], sd15["clip"], gligen, "a red boat", 32, 32, 0, 0)[0]
+    before = ShiftStream(1.0, 0.0)  # identity: records the stream before GLIGEN
+    base = sd15["model"].clone()
+    base.set_model_patch(before, "middle_patch")
+    patched = apply_adapter(base, adapter, embeds)
+    unet = patched.model.diffusion_model
+    with spy_patch_calls(monkeypatch) as calls, record_attn2_streams(unet) as seen:
+        ksample(patched, pos, sd15["neg"], steps=1)
+    worst, gap = check_terms_on_seen_stream(calls, seen, before.seen)
+    print(f"GLIGEN: term vs plain formula on the seen stream {worst:.2e}; stale-stream gap {gap:.2e}")
+    assert worst < TERM_RTOL
+    # GLIGEN changed the stream at the adapter sites (the cond rows): a stale capture would differ.
+    assert gap > 100 * TERM_RTOL
+
+
+@pytest.mark.parametrize("where", ["before", "after", "both"])
+def test_other_middle_patches_in_any_order(sd15, adapter, embeds, monkeypatch, where):
+    first, last = ShiftStream(1.1, 0.5), ShiftStream(0.9, -0.5)
+    model = sd15["model"].clone()
+    if where in ("before", "both"):
+        model.set_model_patch(first, "middle_patch")
+    model = apply_adapter(model, adapter, embeds)
+    if where in ("after", "both"):
+        model = model.clone()
+        model.set_model_patch(last, "middle_patch")
+    with spy_patch_calls(monkeypatch) as calls, record_attn2_streams(model.model.diffusion_model) as seen:
+        ksample(model, sd15["pos"], sd15["neg"], steps=1)
+    stale = last.seen if where != "before" else None
+    worst, gap = check_terms_on_seen_stream(calls, seen, stale)
+    print(f"middle patch {where}: term vs plain formula {worst:.2e}; stale gap {gap:.2e}")
+    assert worst < TERM_RTOL
+    if stale is not None:
+        assert gap > 100 * TERM_RTOL
+
+
+class ExtraTokensAttention:
+    """An attn2 replace patch as IPAdapter registers one: text attention plus a weighted
+    attention over extra (image) tokens with their own keys and values."""
+
+    def __init__(self, weight=0.8, seed=6):
+        g = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randn(1, 4, 768, generator=g)
+        self.proj = {}
+        self.weight = weight
+        self.calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        self.calls += 1
+        heads, d = extra_options["n_heads"], q.shape[-1]
+        if d not in self.proj:
+            g = torch.Generator().manual_seed(d)
+            self.proj[d] = (torch.randn(768, d, generator=g) / 768 ** 0.5, torch.randn(768, d, generator=g) / 768 ** 0.5)
+        wk, wv = self.proj[d]
+        ik = (self.tokens @ wk).to(q).expand(q.shape[0], -1, -1)
+        iv = (self.tokens @ wv).to(q).expand(q.shape[0], -1, -1)
+        out = comfy_attention.optimized_attention(q, k, v, heads)
+        return out + self.weight * comfy_attention.optimized_attention(q, ik, iv, heads)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _with_replace(model, patch):
+    model = model.clone()
+    for block in ADAPTER_BLOCKS:
+        model.set_model_attn2_replace(patch, *block.comfy_block)
+    return model
+
+
+@pytest.mark.parametrize("replace_first", [True, False])
+def test_attn2_replace_pack_on_the_same_blocks(sd15, adapter, embeds, monkeypatch, replace_first):
+    """Both act, and the adapter's term is the plain formula on the stream it got,
+    exactly as when it runs alone."""
+    ip = ExtraTokensAttention()
+    if replace_first:
+        both = apply_adapter(_with_replace(sd15["model"], ip), adapter, embeds)
+    else:
+        both = _with_replace(apply_adapter(sd15["model"], adapter, embeds), ip)
+    alone = apply_adapter(sd15["model"], adapter, embeds)
+    only_ip = _with_replace(sd15["model"], ip)
+    with spy_patch_calls(monkeypatch) as calls, record_attn2_streams(both.model.diffusion_model) as seen:
+        out_both = ksample(both, sd15["pos"], sd15["neg"], steps=1)
+    assert ip.calls > 0
+    worst, _ = check_terms_on_seen_stream(calls, seen)
+    print(f"attn2 replace: term vs plain formula {worst:.2e}")
+    assert worst < TERM_RTOL
+    with spy_patch_calls(monkeypatch) as alone_calls:
+        out_alone = ksample(alone, sd15["pos"], sd15["neg"], steps=1)
+    # The middle block is the first site of both: same stream in, so the adapter's term
+    # there differs only through attn2's output n (which the replace patch changed).
+    first_both = next(c for c in calls if c[1] == ("middle", 0))
+    first_alone = next(c for c in alone_calls if c[1] == ("middle", 0))
+    assert not torch.equal(first_both[2], first_alone[2])  # the replace patch acted on n
+    out_ip = ksample(only_ip, sd15["pos"], sd15["neg"], steps=1)
+    assert (out_both - out_alone).abs().max() > 1e-3  # the replace patch changes the result
+    assert (out_both - out_ip).abs().max() > 1e-3     # the adapter changes the result
