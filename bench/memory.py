@@ -38,7 +38,9 @@ def resident_adapter_mib(fs, adapter, dtype):
         model=unet, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
         end_percent=1.0).result[0]
     mm.load_models_gpu([patched])
-    tensors = list(adapter.model.parameters()) + list(adapter.model.buffers())
+    # What ComfyUI loads beside the UNet for this model: the patches' own ModelPatchers.
+    side = patched.model_patches_models()
+    tensors = [t for p in side for t in list(p.model.parameters()) + list(p.model.buffers())]
     size = sum(t.numel() * t.element_size() for t in tensors) / MIB
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors})
     del patched, unet

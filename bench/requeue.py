@@ -9,7 +9,7 @@ reloads the checkpoint). Then, on the audio-to-image graph:
 The difference is ComfyUI's cache, priced here by the encode and projection calls it skips.
 On the edit graph, a cfg change re-runs Audio Edit (ComfyUI's cache cannot help: an input
 changed) and the pack's own inversion cache skips the DDIM inversion: that is the pack's saving.
-Calls are counted by wrapping the CLAP tower, the projector and pnp.invert from outside.
+Calls are counted by wrapping the CLAP tower, the projector and sonic_diffusion.edit.sampler.invert from outside.
 """
 import argparse
 import time
@@ -25,7 +25,7 @@ def main():
     fs = boot()
     from comfy_host import Host
     from graphs import audio_graph, link_audio_graph_files
-    from sonic_diffusion import pnp
+    from sonic_diffusion.edit import sampler as edit_sampler
     from sonic_diffusion.clap import ClapAudioEncoder
     from sonic_diffusion.projector import AudioProjector
 
@@ -46,7 +46,7 @@ def main():
 
     wrap(ClapAudioEncoder, "forward", "encode")
     wrap(AudioProjector, "forward", "project")
-    wrap(pnp, "invert", "invert")
+    wrap(edit_sampler, "invert", "invert")  # called by its module global, so this wrapper sees it
     host = Host()
     names = link_audio_graph_files(host, fs, "noise_stereo_48k_10s_f32.wav", "tone440_stereo_44k_10s.flac")
     graph = audio_graph(names, seed=1)
@@ -67,7 +67,6 @@ def main():
     graph["ks"]["inputs"]["seed"] = 2
     timed("re-queue, seed changed", graph)
     edit = _edit_graph(graph, args.edit_steps)
-    pnp.clear_cache()
     timed("edit, first (inversion runs)", edit)
     edit["edit"]["inputs"]["cfg"] = 5.0
     timed("edit, cfg changed (inversion cached)", edit)

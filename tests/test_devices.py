@@ -116,10 +116,23 @@ FLOAT64 = re.compile(r"torch\.float64|torch\.double\b|\.double\(\)")
 # (file, line substring) -> why the use is fine: each runs on the CPU only.
 ALLOWED = {
     ("sonic_diffusion/clap.py", ".double()"): "BatchNorm folding at load time, on the CPU state dict",
+    ("sonic_diffusion/clap_frontend.py", 'device="cpu", dtype=torch.float64'): "the float64 STFT part runs on the CPU",
+    ("sonic_diffusion/clap_frontend.py", "hann_window(N_FFT, periodic=True, dtype=torch.float64)"):
+        "a CPU window (no device given) for the CPU STFT above",
+    ("sonic_diffusion/animation.py", "torch.as_tensor("): "frame times from Python floats, on the CPU",
     ("sonic_diffusion/evaluate/metrics.py", "float64"): "metrics on CPU feature arrays (FID needs float64)",
     ("sonic_diffusion/evaluate/run.py", ".double()"): "a count of CPU booleans",
-    ("sonic_diffusion/evaluate/models.py", ".double().cpu()"): "features leave the device in float32, cast on the CPU",
+    ("sonic_diffusion/evaluate/models.py", ".double().cpu()"): "features leave the device, cast for numpy",
+    ("sonic_diffusion/resample.py", "kdtype = x.dtype if"): "keeps a float64 input's dtype, never makes one",
+    ("sonic_diffusion/safe_load.py", "_ST_DTYPES"): "the dtype table of the file format",
+    ("sonic_diffusion/safe_load.py", "_STORAGE_DTYPES"): "the dtype table of the pickle format",
+    ("sonic_diffusion/train/stage2.py", '.to("cpu", torch.float64)'): "the schedule from sigmas, on the CPU",
     ("sonic_diffusion/train/checkpoint.py", "cuda"): "saving/restoring CUDA RNG state when CUDA exists, not a device choice",
+    ("sonic_diffusion/train/distributed.py", "torch.cuda.set_device(local_rank())"):
+        "torchrun: one CUDA GPU per process (CUDA's own API); other devices come from ComfyUI",
+    ("sonic_diffusion/train/distributed.py", "and torch.cuda.is_available():"): "the same torchrun-on-CUDA case",
+    ("sonic_diffusion/train/distributed.py", 'backend="nccl" if device.type == "cuda"'):
+        "NCCL exists for CUDA only; every other device uses gloo",
 }
 
 

@@ -226,15 +226,16 @@ def test_projector_tokens_in_half_precision(adapter, fixture_dir, half):
         pack_half = copy.deepcopy(adapter.model.projector).to(dtype)(e.to(dtype)).float()
     scale = rms(exact)
     ref_err, err = rms(ref_half - exact) / scale, rms(pack_half - exact) / scale
+    # Measured: fp16 reference 1.39e-3, pack 1.37e-3; bf16 reference 1.08e-2, pack 1.07e-2.
     print(f"projector {half}: reference rel. error {ref_err:.3e}, pack {err:.3e}")
     assert err <= RULE_FACTOR * ref_err
 
 
 # --- CLAP embedding ----------------------------------------------------------------------------------
 
-# 1 - cos(embedding_half, embedding_fp32) for the stand-in Cnn14, measured:
-# fp16 MEASURED_FP16, bf16 MEASURED_BF16 (three clips, worst).
-CLAP_COS_BOUND = {"fp16": 1e-3, "bf16": 1e-2}
+# 1 - cos(embedding_half, embedding_fp32) for the stand-in Cnn14 on this CPU, worst of
+# three clips, measured: fp16 2.4e-7, bf16 2.4e-5.
+CLAP_COS_BOUND = {"fp16": 1e-5, "bf16": 1e-4}
 
 
 @pytest.mark.parametrize("half", HALF)
