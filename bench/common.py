@@ -10,8 +10,21 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import comfy_host  # noqa: E402
 
 
-def boot():
-    comfy_host.boot(Path(tempfile.mkdtemp(prefix="sonic-bench-")))
+def accelerator_present():
+    """Whether torch sees an accelerator ComfyUI can use; without one ComfyUI needs --cpu.
+    The device itself always comes from comfy.model_management."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available())
+                or (xpu is not None and xpu.is_available()))
+
+
+def boot(cpu=None):
+    """Boots the host; cpu=None lets ComfyUI pick the device (the CPU when torch sees no accelerator)."""
+    comfy_host.boot(Path(tempfile.mkdtemp(prefix="sonic-bench-")),
+                    cpu=not accelerator_present() if cpu is None else cpu)
     from sonic_diffusion.fixtures import FixtureSet
 
     return FixtureSet(comfy_host.BUILD / "fixtures")
@@ -54,3 +67,50 @@ def interleaved(variants, reps, sync=lambda: None):
             sync()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def _backend(device):
+    """torch.cuda / torch.xpu / torch.mps for an accelerator device, None for the CPU."""
+    import torch
+
+    return None if device.type == "cpu" else getattr(torch, device.type, None)
+
+
+def synchronize(device):
+    mod = _backend(device)
+    if mod is not None and hasattr(mod, "synchronize"):
+        mod.synchronize()
+
+
+def device_name(device):
+    import comfy.model_management as mm
+
+    return mm.get_torch_device_name(device)
+
+
+def reset_peak(device):
+    mod = _backend(device)
+    if mod is not None and hasattr(mod, "reset_peak_memory_stats"):
+        mod.reset_peak_memory_stats(device)
+
+
+def peak_allocated(device):
+    """The allocator's peak since reset_peak, in bytes; None where torch does not track it (CPU, MPS)."""
+    mod = _backend(device)
+    if mod is not None and hasattr(mod, "max_memory_allocated"):
+        return mod.max_memory_allocated(device)
+    return None
+
+
+def ratio_summary(num, den):
+    """Median and IQR of the per-repetition ratios num[i] / den[i] - 1, in percent."""
+    return summary([100.0 * (a / b - 1.0) for a, b in zip(num, den)])
+
+
+def interleaved_measure(variants, reps, measure):
+    """Like interleaved(), with `measure(fn)` giving each sample (e.g. profiled kernel time)."""
+    values = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            values[name].append(measure(fn))
+    return values

@@ -1,6 +1,7 @@
 """Memory the pack adds: the adapter (weights + per-sampling cache) on top of a UNet
 step, and the CLAP encoder. CPU: resident set size (RSS) deltas and the process peak;
-GPU (when available): allocator peaks.
+GPU (when available): allocator peaks. Also the adapter's resident size once applied to
+a fp32 and to a fp16 UNet (its weights follow the UNet's dtype).
 
     .build/venv/bin/python bench/memory.py
 """
@@ -11,7 +12,7 @@ import resource
 import psutil
 import torch
 
-from common import boot, load_adapter, load_unet
+from common import boot, device_name, load_adapter, load_unet, peak_allocated, reset_peak
 
 MIB = 2 ** 20
 
@@ -25,14 +26,37 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def resident_adapter_mib(fs, adapter, dtype):
+    """Bytes of the adapter's weights as they sit once applied to a UNet of `dtype` and
+    loaded by ComfyUI (the adapter's weights follow the UNet's dtype)."""
+    import comfy.model_management as mm
+    import nodes
+
+    unet = load_unet(fs, dtype=dtype)
+    e = torch.nn.functional.normalize(torch.randn(1, 1024), dim=-1)
+    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
+        model=unet, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
+        end_percent=1.0).result[0]
+    mm.load_models_gpu([patched])
+    # What ComfyUI loads beside the UNet for this model: the patches' own ModelPatchers.
+    side = patched.model_patches_models()
+    tensors = [t for p in side for t in list(p.model.parameters()) + list(p.model.buffers())]
+    size = sum(t.numel() * t.element_size() for t in tensors) / MIB
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors})
+    del patched, unet
+    mm.unload_all_models()
+    gc.collect()
+    return size, dtypes
+
+
 def main():
     fs = boot()
     import comfy.model_management as mm
     import nodes
 
-    gpu = torch.cuda.is_available()
-    dtype = torch.float16 if gpu else torch.float32
     device = mm.get_torch_device()
+    gpu = device.type != "cpu"
+    dtype = torch.float16 if gpu else torch.float32
     size = 512 if gpu else 256
     model = load_unet(fs, dtype=dtype)
     mm.load_models_gpu([model])
@@ -47,10 +71,9 @@ def main():
         with torch.no_grad():
             m.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
 
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     step(model)
-    base_rss, base_gpu = rss(), torch.cuda.max_memory_allocated() if gpu else 0
+    base_rss, base_gpu = rss(), peak_allocated(device) or 0
     adapter = load_adapter(fs)
     after_load = rss()
     e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
@@ -58,19 +81,24 @@ def main():
         model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
         end_percent=1.0).result[0]
     mm.load_models_gpu([patched])
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     step(patched)
     after_step = rss()
-    gpu_peak = torch.cuda.max_memory_allocated() if gpu else 0
+    gpu_peak = peak_allocated(device) or 0
     weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
-    print(f"device: {torch.cuda.get_device_name() if gpu else 'cpu'}, {dtype}, {size}x{size}, batch 2")
-    print(f"adapter weights (fp32, projector + 10 blocks): {weights / MIB:.1f} MiB")
+    print(f"device: {device_name(device)}, {dtype}, {size}x{size}, batch 2")
+    print(f"adapter weights as loaded (projector + 10 blocks): {weights / MIB:.1f} MiB")
     print(f"RSS: UNet step {base_rss / MIB:.0f} MiB; + adapter loaded {(after_load - base_rss) / MIB:+.0f} MiB; "
           f"+ patched step (cache built) {(after_step - base_rss) / MIB:+.0f} MiB")
     if gpu:
         print(f"GPU allocator peak: plain step {base_gpu / MIB:.0f} MiB, patched step {gpu_peak / MIB:.0f} MiB "
               f"({(gpu_peak - base_gpu) / MIB:+.0f} MiB)")
+
+    del patched, model
+    mm.unload_all_models()
+    for label, unet_dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        size, dtypes = resident_adapter_mib(fs, load_adapter(fs), unet_dtype)
+        print(f"adapter resident with a {label} UNet: {size:.1f} MiB ({', '.join(dtypes)})")
 
     from sonic_diffusion.audio_prep import prepare_clip
     from sonic_diffusion.clap import ClapEncoder, load_clap_file

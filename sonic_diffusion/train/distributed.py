@@ -91,7 +91,7 @@ def average_gradients(params):
 
 def mean_of(values, device):
     """Mean of a small float vector over processes (for logging)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float32, device=device)  # no float64 on a device (MPS)
     if is_distributed():
         dist.all_reduce(t)
         t /= world_size()

@@ -29,7 +29,7 @@ log = logging.getLogger("sonic_diffusion.train")
 def alphas_cumprod(model_sampling):
     """SD1's alphas_cumprod from ComfyUI's sigmas (sigma^2 = (1 - a) / a); ComfyUI keeps
     only the sigmas as buffers."""
-    s = model_sampling.sigmas.double()
+    s = model_sampling.sigmas.detach().to("cpu", torch.float64)  # float64 on the CPU only (MPS has none)
     return (1.0 / (1.0 + s * s)).float()
 
 

@@ -1,0 +1,120 @@
+"""P3: one denoising step of the pack in ComfyUI against the reference implementation built
+the authors' way (a diffusers UNet2DConditionModel whose transformer blocks carry gated
+audio attention, tests/test_adapter_exactness.py's reference), same weights, fp32, same
+threads, interleaved repetitions, in one run.
+
+    .build/venv/bin/python bench/peer_step.py [--size 256] [--reps 5] [--threads N]
+
+Variants: each side plain and with the adapter; the pack with ComfyUI's default CPU
+attention and with PyTorch SDPA (what `--use-pytorch-cross-attention` selects; diffusers
+uses SDPA). Prints medians, the per-repetition ratio (median and IQR) and the outputs'
+largest difference. Target: the pack >= 1.3x faster per step.
+"""
+import argparse
+import copy
+import sys
+
+import torch
+
+from common import ROOT, boot, interleaved, load_adapter, load_unet, summary
+
+
+def reference_unet(fs, tokens):
+    """diffusers UNet with the official gate dict loaded strictly, as the exactness test builds it."""
+    import comfy.utils
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from sonic_diffusion.safe_load import load_weights_file
+    from test_adapter_exactness import _install_reference_adapters
+
+    sd = comfy.utils.load_torch_file(str(fs.full_checkpoint(clip=False, vae=False)))
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items()}, dict(unet.config))
+    plain = copy.deepcopy(unet)
+    plain.load_state_dict(converted, strict=True)
+    _install_reference_adapters(unet, tokens)
+    gates, _ = load_weights_file(fs.gates())
+    unet.load_state_dict({**converted, **{k: v.float() for k, v in gates.items()}}, strict=True)
+    return plain.eval(), unet.eval()
+
+
+def comfy_runner(model, x, t, ctx, attention):
+    import comfy.ldm.modules.attention as attn
+
+    to = copy.copy(model.model_options["transformer_options"])
+    to.update(cond_or_uncond=[1, 0], sigmas=t.float())
+    dm = model.model.diffusion_model
+    chosen = {"default": attn.optimized_attention, "sdpa": attn.attention_pytorch}[attention]
+
+    def run():
+        saved = attn.optimized_attention
+        attn.optimized_attention = chosen  # looked up at call time by ComfyUI's and the pack's attention
+        try:
+            with torch.no_grad():
+                return dm(x, timesteps=t, context=ctx, transformer_options=to)
+        finally:
+            attn.optimized_attention = saved
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fs = boot(cpu=True)
+    sys.path.insert(0, str(ROOT / "tests"))
+    import nodes
+
+    model = load_unet(fs)
+    adapter = load_adapter(fs)
+    g = torch.Generator().manual_seed(0)
+    lat = args.size // 8
+    x1 = torch.randn(1, 4, lat, lat, generator=g)
+    x = torch.cat([x1, x1])
+    ctx = torch.randn(2, 77, 768, generator=g)
+    t = torch.full((2,), 500)
+    e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
+    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
+        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
+        end_percent=1.0).result[0]
+    # The reference's rows: [uncond with the null audio, cond with the audio], as the pack's.
+    tokens = {"tokens": torch.cat([adapter.null_tokens(), adapter.project(e)])}
+    ref_plain, ref_sonic = reference_unet(fs, tokens)
+
+    def diffusers_runner(unet):
+        def run():
+            with torch.no_grad():
+                return unet(x, t, encoder_hidden_states=ctx).sample
+        return run
+
+    variants = {
+        "diffusers plain": diffusers_runner(ref_plain),
+        "diffusers + adapter (authors)": diffusers_runner(ref_sonic),
+        "pack plain (default attn)": comfy_runner(model, x, t, ctx, "default"),
+        "pack + adapter (default attn)": comfy_runner(patched, x, t, ctx, "default"),
+        "pack plain (SDPA)": comfy_runner(model, x, t, ctx, "sdpa"),
+        "pack + adapter (SDPA)": comfy_runner(patched, x, t, ctx, "sdpa"),
+    }
+    outs = {k: fn() for k, fn in variants.items()}  # warm-up; builds the pack's per-sampling cache
+    diff = max(float((outs["pack + adapter (default attn)"] - outs["diffusers + adapter (authors)"]).abs().max()),
+               float((outs["pack + adapter (SDPA)"] - outs["diffusers + adapter (authors)"]).abs().max()))
+    times = interleaved(variants, args.reps)
+    print(f"fp32, {args.size}x{args.size}, batch 2, {torch.get_num_threads()} threads, {args.reps} interleaved "
+          f"repetitions; pack vs authors' output: max |diff| {diff:.1e}")
+    for k, v in times.items():
+        med, q1, q3 = summary(v)
+        print(f"  {k:32s} median {1e3 * med:8.0f} ms  IQR [{1e3 * q1:.0f}, {1e3 * q3:.0f}]")
+    for ours in ("pack + adapter (default attn)", "pack + adapter (SDPA)"):
+        ratios = [a / b for a, b in zip(times["diffusers + adapter (authors)"], times[ours])]
+        med, q1, q3 = summary(ratios)
+        print(f"speed-up of {ours} over the authors' implementation: {med:.2f}x (IQR {q1:.2f}..{q3:.2f}); "
+              f"target >= 1.3x")
+
+
+if __name__ == "__main__":
+    main()

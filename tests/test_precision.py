@@ -1,0 +1,337 @@
+"""Half precision through ComfyUI's own switches, against float32.
+
+The stand-in SD1.5 checkpoint is loaded with CheckpointLoaderSimple, as a user would,
+once as ComfyUI loads it on this CPU (float32) and once per half dtype under ComfyUI's
+`--fp16-unet` / `--bf16-unet` switches. On a CPU, ComfyUI keeps such weights in half
+but computes in float32 (manual cast), which would test nothing of the half path;
+so the half loads also make `should_use_fp16` / `should_use_bf16` answer as they do
+on an accelerator with that dtype, and the UNet then computes in half precision,
+exactly the configuration ComfyUI picks on such a GPU.
+
+The rule (issue 12): the adapter may not add more error than the plain UNet's own
+half-precision error times RULE_FACTOR. For each case
+    err_plain   = |UNet_half(x) - UNet_fp32(x)|           (RMS over the output)
+    err_adapter = |Patched_half(x) - Patched_fp32(x)|
+and err_adapter <= RULE_FACTOR * err_plain, for the pack's cached (folded) path and
+for the plain formula (a test-side reference below), at 8x8 and 64x64 latents,
+uncond and cond rows, one audio and several distinct audios.
+"""
+import contextlib
+import copy
+
+import pytest
+import torch
+
+import comfy.model_management as mm
+import nodes
+from comfy.cli_args import args
+
+from comfy_host import Host
+from sonic_diffusion.batching import rows_for_batch
+from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
+
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+RULE_FACTOR = 1.5
+
+
+# --- loading as a user would ------------------------------------------------------------
+
+@contextlib.contextmanager
+def comfy_unet_dtype(dtype):
+    """ComfyUI's own switches for a half-precision UNet, as on an accelerator that
+    computes in that dtype (see the module docstring). float32: no switch at all."""
+    with pytest.MonkeyPatch.context() as mp:
+        if dtype != torch.float32:
+            mp.setattr(args, "fp16_unet", dtype == torch.float16)
+            mp.setattr(args, "bf16_unet", dtype == torch.bfloat16)
+            mp.setattr(mm, "should_use_fp16", lambda *a, **k: dtype == torch.float16)
+            mp.setattr(mm, "should_use_bf16", lambda *a, **k: dtype == torch.bfloat16)
+        yield
+
+
+def load_checkpoint(name, dtype):
+    with comfy_unet_dtype(dtype):
+        model = nodes.CheckpointLoaderSimple().load_checkpoint(name)[0]
+    dm = model.model.diffusion_model
+    assert dm.dtype == dtype and model.model.manual_cast_dtype is None, (dm.dtype, model.model.manual_cast_dtype)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpt_name(host, fixture_dir):
+    return host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True))
+
+
+@pytest.fixture(scope="module")
+def adapter(host, fixture_dir):
+    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
+    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
+    return nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
+
+
+# --- the plain formula, test side ------------------------------------------------------------
+
+class PlainFormula:
+    """The paper's formula x += tanh(gate) * Attn(LN(x), tokens) after the text
+    cross-attention, through the adapter's own modules at every call (no cache, no
+    folding): registered on a clone like the pack's patch, written independently of it."""
+
+    def __init__(self, adapter, cond, uncond):
+        self.adapter, self.cond, self.uncond, self.x = adapter, cond, uncond, None
+
+    def capture(self, x, extra):
+        self.x = x
+        return x
+
+    def __call__(self, n, extra):
+        block = BLOCKS_BY_COMFY_KEY.get(extra.get("block"))
+        if block is None or extra.get("block_index", 0) != 0:
+            return n
+        h = self.x + n
+        chunks = extra["cond_or_uncond"]
+        batch = h.shape[0] // len(chunks)
+        rows = [rows_for_batch(self.uncond if c == 1 else self.cond, batch, ValueError) for c in chunks]
+        tokens = torch.cat(rows).to(device=h.device, dtype=h.dtype)
+        module = self.adapter.model.blocks[block.name]
+        return n + module.residual(h, tokens, 1.0)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def plain_formula_model(model, adapter, embeds):
+    patched = model.clone()
+    ref = PlainFormula(adapter, adapter.project(embeds), adapter.null_tokens())
+    patched.set_model_patch(ref.capture, "middle_patch")
+    patched.set_model_attn2_output_patch(ref)
+    return patched
+
+
+def apply_adapter(model, adapter, embeds):
+    node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
+    return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, strength=1.0,
+                        start_percent=0.0, end_percent=1.0).result[0]
+
+
+def unet_out(model, x, ctx, chunks, t=421):
+    """One UNet call as the sampler makes it (inputs cast to the UNet's dtype), float32 out."""
+    dtype = model.model.diffusion_model.dtype
+    mm.load_models_gpu([model])
+    to = copy.copy(model.model_options["transformer_options"])
+    to["cond_or_uncond"] = list(chunks)
+    ts = torch.full((x.shape[0],), t)
+    to["sigmas"] = ts.float()
+    with torch.no_grad():
+        out = model.model.diffusion_model(x.to(dtype), timesteps=ts, context=ctx.to(dtype), transformer_options=to)
+    return out.float()
+
+
+def rms(a):
+    return float(a.float().square().mean().sqrt())
+
+
+def inputs(latent, seed=0):
+    """One latent, the uncond and cond text contexts, three unit audio embeddings."""
+    g = torch.Generator().manual_seed(seed + latent)
+    x = torch.randn(1, 4, latent, latent, generator=g)
+    ctx = torch.randn(2, 77, 768, generator=g)
+    e = torch.nn.functional.normalize(torch.randn(3, 1024, generator=g), dim=-1)
+    return x, ctx, e
+
+
+# (latent size, distinct audios, chunks): every row holds the same latent, so the
+# plain UNet runs once per size ([uncond, cond]) and serves every case's rows.
+# At 64x64 the several-audios case runs the cond chunk only (CPU time).
+CASES = [(8, 1, (1, 0)), (8, 3, (1, 0))]
+
+
+def _case_rows(latent, audios, chunks):
+    x, ctx, e = inputs(latent)
+    xs = x.expand(audios * len(chunks), -1, -1, -1)
+    cs = torch.cat([ctx[c:c + 1].expand(audios, -1, -1) for c in (1 - c for c in chunks)])
+    return xs, cs, e[:audios]
+
+
+def _outputs(model, adapter):
+    half = model.model.diffusion_model.dtype != torch.float32
+    out = {}
+    for latent in sorted({c[0] for c in CASES}):
+        x, ctx, _ = inputs(latent)
+        out[(latent, "plain")] = unet_out(model, torch.cat([x, x]), ctx, [1, 0])
+    for latent, audios, chunks in CASES:
+        xs, cs, e = _case_rows(latent, audios, chunks)
+        out[(latent, audios, "pack")] = unet_out(apply_adapter(model, adapter, e), xs, cs, chunks)
+        if half:
+            out[(latent, audios, "formula")] = unet_out(plain_formula_model(model, adapter, e), xs, cs, chunks)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unet_results(ckpt_name, adapter):
+    """All UNet outputs, float32 first, then each half dtype; one UNet resident at a time."""
+    import gc
+
+    results = {}
+    for label, dtype in (("fp32", torch.float32), *HALF.items()):
+        model = load_checkpoint(ckpt_name, dtype)
+        results[label] = _outputs(model, adapter)
+        del model
+        mm.unload_all_models()
+        gc.collect()
+    return results
+
+
+def _row_slices(audios, chunks):
+    """(name, rows of the case, row of the plain [uncond, cond] output) per chunk."""
+    return [("uncond" if c == 1 else "cond", slice(i * audios, (i + 1) * audios), 1 - c)
+            for i, c in enumerate(chunks)]
+
+
+@pytest.mark.parametrize("variant", ["pack", "formula"])
+@pytest.mark.parametrize("half", HALF)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[0]}-{c[1]}audio" for c in CASES])
+def test_adapter_adds_no_more_half_error_than_the_unet(unet_results, half, variant, case):
+    latent, audios, chunks = case
+    ref, got = unet_results["fp32"], unet_results[half]
+    for part, rows, plain_row in _row_slices(audios, chunks):
+        plain_ref = ref[(latent, "plain")][plain_row:plain_row + 1]
+        unet_err = rms(got[(latent, "plain")][plain_row:plain_row + 1] - plain_ref)
+        pack_ref = ref[(latent, audios, "pack")][rows]
+        err = rms(got[(latent, audios, variant)][rows] - pack_ref)
+        effect = rms(pack_ref - plain_ref)
+        print(f"{half} {latent}x{latent} {audios} audio {part} {variant}: unet {unet_err:.3e} "
+              f"adapter {err:.3e} ratio {err / unet_err:.3f} effect {effect:.3e}")
+        # The adapter must move the output well beyond the half-precision noise, or
+        # the comparison proves nothing.
+        assert effect > 10 * unet_err
+        assert err <= RULE_FACTOR * unet_err
+
+
+# --- projector tokens ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("half", HALF)
+def test_projector_tokens_in_half_precision(adapter, fixture_dir, half):
+    """The pack's AudioProjector (comfy.ops layers, optimized_attention) run in half,
+    against an independent functional reference run in the same half dtype: the pack
+    may not be more than RULE_FACTOR times further from float32 than the reference."""
+    from sonic_diffusion.safe_load import load_weights_file
+    from test_projector import reference_projector
+
+    dtype = HALF[half]
+    sd, _ = load_weights_file(fixture_dir.projector())
+    e = torch.nn.functional.normalize(torch.randn(3, 1024, generator=torch.Generator().manual_seed(4)), dim=-1)
+    with torch.no_grad():
+        exact = reference_projector({k: v.float() for k, v in sd.items()}, e)
+        ref_half = reference_projector({k: v.to(dtype) for k, v in sd.items()}, e.to(dtype)).float()
+        pack_half = copy.deepcopy(adapter.model.projector).to(dtype)(e.to(dtype)).float()
+    scale = rms(exact)
+    ref_err, err = rms(ref_half - exact) / scale, rms(pack_half - exact) / scale
+    # Measured: fp16 reference 1.39e-3, pack 1.37e-3; bf16 reference 1.08e-2, pack 1.07e-2.
+    print(f"projector {half}: reference rel. error {ref_err:.3e}, pack {err:.3e}")
+    assert err <= RULE_FACTOR * ref_err
+
+
+# --- CLAP embedding ----------------------------------------------------------------------------------
+
+# 1 - cos(embedding_half, embedding_fp32) for the stand-in Cnn14 on this CPU, worst of
+# three clips, measured: fp16 2.4e-7, bf16 2.4e-5.
+CLAP_COS_BOUND = {"fp16": 1e-5, "bf16": 1e-4}
+
+
+@pytest.mark.parametrize("half", HALF)
+def test_clap_embedding_in_half_precision(fixture_dir, half):
+    """The tower stored and computed in half (as on an accelerator: pick_dtypes gives
+    the text-encoder dtype there), the front end kept in float32 on purpose."""
+    from sonic_diffusion.audio_decode import decode_audio
+    from sonic_diffusion.audio_prep import prepare_clip
+    from sonic_diffusion.clap import ClapEncoder, load_clap_file
+
+    clips = torch.cat([prepare_clip(*decode_audio(fixture_dir.audio(n))) for n in
+                       ("noise_stereo_48k_10s_f32.wav", "tone440_mono_44k_3s.wav", "tone220_6ch_22k_10s.wav")])
+    exact = ClapEncoder(load_clap_file(fixture_dir.clap())).encode(clips)
+    encoder = ClapEncoder(load_clap_file(fixture_dir.clap()), dtype=HALF[half])
+    assert encoder.compute_dtype == HALF[half]
+    got = encoder.encode(clips)
+    assert got.dtype == torch.float32 and bool(got.isfinite().all())
+    worst = float((1 - torch.nn.functional.cosine_similarity(got, exact, dim=-1)).max())
+    print(f"CLAP {half}: 1 - cos {worst:.3e}")
+    assert worst <= CLAP_COS_BOUND[half]
+
+
+# --- one Audio Edit step through the node graph -------------------------------------------------------
+
+def _with_defaults(class_type, given):
+    """The node's required inputs: `given`, the rest at their schema defaults."""
+    required = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()["required"]
+    filled = {k: spec[1]["default"] for k, spec in required.items()
+              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
+    return {**filled, **given}
+
+
+def edit_graph(ckpt, adapter_files, clap, audio, image, strength):
+    g = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        # A non-empty prompt: with "" on both sides cond and uncond rows are the same computation
+        # without the adapter, and cfg would amplify only the adapter's rounding.
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a house by a lake", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": clap}},
+        "load": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio, "start_time": 0.0, "duration": 0.0,
+                                                           "gain_db": 0.0}},
+        "enc": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load", 0],
+                                                            "window": "center", "offset": 0.0}},
+        "adapter": {"class_type": "SonicAdapterLoader", "inputs": dict(adapter_files)},
+        "apply": {"class_type": "SonicApplyAdapter", "inputs": {
+            "model": ["ckpt", 0], "sonic_adapter": ["adapter", 0], "audio_embeds": ["enc", 0],
+            "strength": strength, "start_percent": 0.0, "end_percent": 1.0}},
+        "img": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "venc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}},
+        # Two DDIM steps (inversion included): the first injected, the second free.
+        "edit": {"class_type": "SonicAudioEdit", "inputs": _with_defaults("SonicAudioEdit", {
+            "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["venc", 0],
+            "steps": 2, "cfg": 7.5, "attention_injection": 0.5, "feature_injection": 0.5})},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["edit", 0], "vae": ["ckpt", 2]}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
+    }
+    return g
+
+
+@pytest.fixture(scope="module")
+def edit_results(host, fixture_dir, ckpt_name):
+    """Edited latents per dtype, with the adapter (strength 1) and without (strength 0:
+    the same graph, the UNet and the injection alone)."""
+    import folder_paths
+    import numpy as np
+    from pathlib import Path
+    from PIL import Image
+
+    image = "sonic_precision_source.png"
+    yy, xx = np.mgrid[0:64, 0:64]
+    Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)).save(
+        Path(folder_paths.get_input_directory()) / image)
+    files = {"adapter_name": host.link_model("sonic_diffusion", fixture_dir.gates()),
+             "projector_name": host.link_model("sonic_diffusion", fixture_dir.projector())}
+    clap = host.link_model("audio_encoders", fixture_dir.clap())
+    audio = host.put_input(fixture_dir.audio("noise_stereo_48k_10s_f32.wav"))
+    results = {}
+    for label, dtype in (("fp32", torch.float32), *HALF.items()):
+        runner = Host()  # a fresh executor: the checkpoint loads again under this dtype's switches
+        with comfy_unet_dtype(dtype):
+            for strength in (0.0, 1.0):
+                run = runner.run(edit_graph(ckpt_name, files, clap, audio, image, strength))
+                assert run.outputs("ckpt")[0].model.diffusion_model.dtype == dtype
+                results[(label, strength)] = run.outputs("edit")[0]["samples"].float()
+        del runner, run
+        mm.unload_all_models()
+    return results
+
+
+@pytest.mark.parametrize("half", HALF)
+def test_edit_step_adapter_adds_no_more_half_error(edit_results, half):
+    unet_err = rms(edit_results[(half, 0.0)] - edit_results[("fp32", 0.0)])
+    err = rms(edit_results[(half, 1.0)] - edit_results[("fp32", 1.0)])
+    effect = rms(edit_results[("fp32", 1.0)] - edit_results[("fp32", 0.0)])
+    print(f"edit {half}: without adapter {unet_err:.3e}, with {err:.3e}, ratio {err / unet_err:.3f}, "
+          f"effect {effect:.3e}")
+    assert effect > 10 * unet_err
+    assert err <= RULE_FACTOR * unet_err
