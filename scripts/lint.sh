@@ -21,7 +21,7 @@ echo "== ruff check"
 echo "== comfy-test lint (pack without tests/)"
 COPY="$(mktemp -d "${TMPDIR:-/tmp}/sonic-lint-XXXXXX")"
 trap 'rm -rf "$COPY"' EXIT
-tar -C "$ROOT" --exclude=./.build --exclude=./.git --exclude=./tests --exclude='*/__pycache__' -cf - . \
+tar -C "$ROOT" --exclude=./.build --exclude=./.build-hosts --exclude=./demo_output --exclude=./.git --exclude=./tests --exclude='*/__pycache__' -cf - . \
     | tar -C "$COPY" -xf -
 "$VENV/bin/comfy-test" lint "$COPY" || status=1
 exit $status
