@@ -4,7 +4,7 @@ SonicDiffusion's term needs the stream after the text cross-attention residual,
 x + attn2(norm2(x)), which no single ComfyUI hook receives whole. So a middle_patch
 keeps x, and the attn2_output_patch (which receives n = attn2(...)) returns
 n + f * tanh(gate) * Attn(LN(x + n), audio_tokens); ComfyUI then adds x
-(docs/design.md, "Where the adapter sits").
+(docs/design.md, sections 5 and 10.3).
 
 The x attn2 sees is the stream after *every* middle_patch, and ComfyUI appends
 conditioning-level middle patches (GLIGEN) after the model's own at call time. So a

@@ -20,7 +20,10 @@ def plain_term(block_params, h, tokens, scale):
     q = y @ p["attn_adapter.to_q.weight"].T
     k = t @ p["attn_adapter.to_k.weight"].T
     v = t @ p["attn_adapter.to_v.weight"].T
-    heads = lambda z: z.view(z.shape[0], z.shape[1], HEADS, d // HEADS).transpose(1, 2)
+
+    def heads(z):
+        return z.view(z.shape[0], z.shape[1], HEADS, d // HEADS).transpose(1, 2)
+
     att = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / (d // HEADS) ** 0.5, dim=-1) @ heads(v)
     att = att.transpose(1, 2).reshape(hf.shape)
     out = att @ p["attn_adapter.to_out.0.weight"].T + p["attn_adapter.to_out.0.bias"]

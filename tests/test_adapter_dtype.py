@@ -107,3 +107,15 @@ def test_patch_to_follows_device_and_dtype_moves(adapter):
     assert torch.equal(patch(n, opts), first)  # and they are rebuilt on use
     patch.cleanup()
     assert patch.capture.x is None
+
+
+def test_production_objects_carry_no_test_switches(adapter):
+    """Tests observe the patch from outside (tests/sonic_reference.py); the product has
+    no mode flags, counters or test-only methods for them."""
+    from sonic_diffusion.projector import AudioProjector
+
+    patch = SonicAudioPatch(adapter, adapter.null_tokens(), None)
+    for name in ("fast", "calls", "count_calls"):
+        assert not hasattr(patch, name)
+    assert not hasattr(adapter, "projections")
+    assert not hasattr(AudioProjector, "forward_all_layers")

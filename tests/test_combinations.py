@@ -3,10 +3,8 @@ middle_patch (in any order), an attention-replace pack on the same blocks (the
 mechanism IPAdapter uses), LoRA and ControlNet, and the sampling window through the
 real KSampler. Observed from outside: a spy on the patch, hooks on the UNet's norm2,
 the plain formula from tests/sonic_reference.py."""
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import comfy.ldm.modules.attention as comfy_attention
 import nodes
