@@ -25,6 +25,10 @@ def resident_dtype(model_patcher):
     return cast if cast in _HALF_OR_FULL else torch.float32
 
 
+# Embeddings projected per forward pass (bounds the activation memory, see project()).
+PROJECT_CHUNK = 32
+
+
 class SonicAdapter:
     def __init__(self, model, name="adapter"):
         self.model = model
@@ -55,8 +59,11 @@ class SonicAdapter:
             raise ValueError(f"audio embeddings must be [B, {AUDIO_EMBED_DIM}], got {list(embeds.shape)}")
         mm.load_model_gpu(self.patcher)
         device = self.patcher.load_device
-        tokens = self.model.projector(embeds.to(device=device, dtype=torch.float32))
-        return tokens.float().cpu()
+        # In chunks: the projector's activations are ~12 MiB per embedding ([77, 3072] floats
+        # and more), so a long frame sequence projected at once would take gigabytes.
+        chunks = [self.model.projector(part.to(device=device, dtype=torch.float32)).float().cpu()
+                  for part in embeds.split(PROJECT_CHUNK)]
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     def null_tokens(self):
         """Projector(zeros): not zero (biases, LayerNorms); computed once per adapter."""

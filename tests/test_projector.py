@@ -62,3 +62,29 @@ def test_projector_matches_reference(fixture_dir):
     with torch.no_grad():
         null = model.projector(torch.zeros(1, 1024))
     assert null.abs().max() > 1e-3
+
+
+def test_many_embeddings_are_projected_in_bounded_chunks(fixture_dir):
+    """A long frame sequence (or 1000 mix ratios) is projected PROJECT_CHUNK rows at a time,
+    so its activations stay bounded (about 12 MiB per row at once); the result equals
+    row-by-row projection. Observed from outside with a forward hook on the projector."""
+    from sonic_diffusion.runtime import PROJECT_CHUNK, SonicAdapter
+
+    sd, _ = load_weights_file(fixture_dir.projector())
+    gates, _ = load_weights_file(fixture_dir.gates())
+    adapter = SonicAdapter(build_adapter_model(projector_state({k: v.float() for k, v in sd.items()}),
+                                               gates_state(gates)))
+    rows = []
+    hook = adapter.model.projector.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    try:
+        n = 2 * PROJECT_CHUNK + 3
+        e = F.normalize(torch.randn(n, 1024, generator=torch.Generator().manual_seed(4)), dim=-1)
+        tokens = adapter.project(e)
+    finally:
+        hook.remove()
+    assert rows == [PROJECT_CHUNK, PROJECT_CHUNK, 3]
+    assert tokens.shape == (n, 77, 768)
+    with torch.no_grad():
+        one = adapter.model.projector(e[-5:-4])
+    # Measured max |chunked - single row| = 0 on the CPU (rows are independent).
+    torch.testing.assert_close(tokens[-5:-4], one, rtol=0, atol=1e-6)
