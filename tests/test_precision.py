@@ -31,6 +31,8 @@ from sonic_diffusion.batching import rows_for_batch
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Measured adapter error / UNet error at 8x8 (strength 10): fp16 1.02-1.08, bf16 0.98-1.02
+# (UNet error RMS 1.1e-3 fp16, 1.06e-2 bf16; adapter effect 5.0e-2, i.e. 4.7x bf16's error).
 RULE_FACTOR = 1.5
 
 
