@@ -341,7 +341,11 @@ def test_edit_step_adapter_adds_no_more_half_error(edit_results, half):
     effect = rms(edit_results[("fp32", STRENGTH)] - edit_results[("fp32", 0.0)])
     print(f"edit {half}: without adapter {unet_err:.3e}, with {err:.3e}, ratio {err / unet_err:.3f}, "
           f"effect {effect:.3e}")
-    # Measured with "" as both prompts at strength 1 (before the prompt and STRENGTH):
-    # fp16 without 1.35e-2, with 5.39e-2 (cfg amplified only the adapter's rows), effect 2.9e-2.
-    assert effect > 3 * unet_err
+    # Measured (2 steps, cfg 7.5, strength 10): fp16 without 7.35e-2, with 7.43e-2 (ratio 1.01);
+    # bf16 without 5.72e-1, with 6.44e-1 (ratio 1.13); effect 8.21e-1. bf16's own error in a
+    # cfg-7.5 edit is 70% of the adapter's effect, so the bf16 case is the weaker check: the
+    # guard asks the effect to exceed the UNet's error by 1.2x (measured 1.44x; fp16 11x).
+    # Earlier, with "" as both prompts at strength 1: fp16 ratio 3.98, because cfg amplified
+    # the adapter's rows only (cond and uncond were the same computation without it).
+    assert effect > 1.2 * unet_err
     assert err <= RULE_FACTOR * unet_err
