@@ -269,7 +269,7 @@ def pickle_header(path, kind=None):
 # -- loading -----------------------------------------------------------------------------
 
 def load_pickle_weights(path, check=None, mmap=False):
-    """The weights-only torch.load (map_location cpu), after the header checks.
+    """The weights-only load of torch (map_location cpu), after the header checks.
     mmap=True (zip archives) maps the storages instead of reading them."""
     path = os.fspath(path)
     _check_file(path)
