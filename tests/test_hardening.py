@@ -2,7 +2,6 @@
 repeated queues, interrupts. Each case ends in a clear error naming the node and the
 fix, or in a documented result; never a crash, a NaN image or foreign code running."""
 import gc
-import os
 import pickle
 from pathlib import Path
 
@@ -270,7 +269,6 @@ def test_batch_mapping_rule_holds_for_any_sizes(embeds, latents):
 # ------------------------------------------------------------------- repetition
 
 def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names):  # noqa: F811
-    import comfy.sd
 
     from test_adapter_exactness import _inputs, _run_comfy
 
