@@ -49,7 +49,9 @@ def test_whole_edit_with_injection_matches_the_diffusers_reference(parts, refere
                            inversions=edit.InversionCache())["samples"].cpu()
     scale = float(ref.abs().max())
     err = float((ours - ref).abs().max())
-    # Measured: max |ours - ref| / max |ref| = MEASURED (fp32, CPU); the bound leaves 10x.
+    print(f"edit vs diffusers reference, fractions {fractions}: max error / max |ref| = {err / scale:.3g}")
+    # NOT YET MEASURED (the run did not finish before the deadline): 1e-3 relative is a first bound,
+    # to be replaced by 10x the ratio this test prints (fp32, CPU).
     assert err <= 1e-3 * scale, err / scale
     if fractions != (0.0, 0.0):  # the injection must matter at this scale, or the comparison proves little
         plain = edit.audio_edit(model, parts["pos"], parts["neg"], parts["latent"], steps=STEPS, cfg=7.5,
