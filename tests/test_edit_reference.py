@@ -8,9 +8,9 @@ import nodes
 
 import edit_reference
 from sonic_diffusion import edit
+from sonic_diffusion.safe_load import load_weights_file
 
 pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
-from sonic_diffusion.safe_load import load_weights_file
 
 STEPS = 4
 
