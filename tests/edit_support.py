@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import folder_paths
+import nodes
 
 from graphs import audio_graph, link_audio_graph_files
 from sonic_diffusion.patch import AUDIO_OFF
@@ -114,3 +115,16 @@ def parts(first_run):
     return {"source": model, "patched": run.outputs("apply")[0], "pos": run.outputs("pos")[0],
             "neg": run.outputs("neg")[0], "latent": run.outputs("venc")[0], "clip": run.outputs("ckpt")[1],
             "embeds": run.outputs("enc_a")[0], "adapter": run.outputs("adapter")[0]}
+
+
+# The one-node edit as the runtime and ComfyUI-machinery tests call it.
+EDIT = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"]
+STEPS = 3
+
+
+def node_edit(parts, model=None, positive=None, negative=None, latent=None, **kw):
+    args = dict(steps=STEPS, cfg=6.0, attention_injection=0.67, feature_injection=0.34)
+    args.update(kw)
+    out = EDIT.execute(model=model or parts["patched"], positive=positive or parts["pos"],
+                       negative=negative or parts["neg"], latent=latent or parts["latent"], **args)
+    return out.result[0]["samples"]

@@ -7,20 +7,11 @@ import torch
 
 import nodes
 
+from edit_support import STEPS, node_edit
 from sonic_diffusion import edit
 
 pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
 
-EDIT = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"]
-STEPS = 3
-
-
-def node_edit(parts, model=None, positive=None, negative=None, latent=None, **kw):
-    args = dict(steps=STEPS, cfg=6.0, attention_injection=0.67, feature_injection=0.34)
-    args.update(kw)
-    out = EDIT.execute(model=model or parts["patched"], positive=positive or parts["pos"],
-                       negative=negative or parts["neg"], latent=latent or parts["latent"], **args)
-    return out.result[0]["samples"]
 
 
 @pytest.fixture(scope="module")
