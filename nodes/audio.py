@@ -47,7 +47,10 @@ def _audio_files():
 def _resolve_audio(audio):
     """The real path of the chosen file (``name``, ``name [output]``, ``name [temp]``),
     confined to input/output/temp and checked to be a non-empty regular file."""
-    path = folder_paths.get_annotated_filepath(audio)
+    # Joined here, not by folder_paths.get_annotated_filepath: newer ComfyUI raises its own
+    # "Invalid file path" there, and the pack's one confinement rule and message apply on every host.
+    name, base_dir = folder_paths.annotated_filepath(audio)
+    path = os.path.join(base_dir or folder_paths.get_input_directory(), name)
     try:
         real = resolve_confined(path, _allowed_roots())
         check_regular_file(real, AudioDecodeError, what="audio file",

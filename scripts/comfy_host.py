@@ -57,6 +57,8 @@ class GraphRun:
     def outputs(self, node_id):
         """The node's output tuple, read from the executor's output cache."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if asyncio.iscoroutine(entry):  # newer ComfyUI (0.33.0): the cache's get is async
+            entry = asyncio.run(entry)
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         outs = entry.outputs if hasattr(entry, "outputs") else entry

@@ -38,8 +38,22 @@ def specs_from_info(info):
     return out
 
 
+# Newer ComfyUI (0.33.0): a combo whose chosen option brings nested inputs, sent in API
+# format as "<name>.<nested name>" and stored in widgets_values right after the combo's value.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+
+
 def is_widget(typ):
-    return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES
+    return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES or typ == DYNAMIC_COMBO
+
+
+def _dynamic_option_specs(name, opts, chosen):
+    """The nested input specs of the chosen option of a dynamic combo, prefixed by its name."""
+    for option in opts.get("options") or []:
+        if option.get("key") == chosen:
+            nested = specs_from_info({"input": option.get("inputs") or {}})
+            return [(f"{name}.{n}", t, o, r) for n, t, o, r in nested]
+    return []
 
 
 def has_control_widget(name, typ, opts):
@@ -81,7 +95,9 @@ def node_to_api(node, specs, ui_nodes, links):
     values, by_name = _widget_values(node)
     node_inputs = {i["name"]: i for i in node.get("inputs", [])}
     api_inputs = {}
-    for name, typ, opts, required in specs:
+    pending = list(specs)
+    while pending:
+        name, typ, opts, required = pending.pop(0)
         if is_widget(typ):
             if by_name is not None:
                 api_inputs[name] = by_name.get(name, opts.get("default"))
@@ -89,6 +105,8 @@ def node_to_api(node, specs, ui_nodes, links):
                 api_inputs[name] = values.pop(0) if values else opts.get("default")
                 if has_control_widget(name, typ, opts) and values:
                     values.pop(0)
+            if typ == DYNAMIC_COMBO:
+                pending[:0] = _dynamic_option_specs(name, opts, api_inputs[name])
         link_id = node_inputs.get(name, {}).get("link")
         slot_type = node_inputs.get(name, {}).get("type")
         src = _source(ui_nodes, links, link_id, slot_type) if link_id is not None else None

@@ -114,6 +114,8 @@ def _run(executor, prompt):
         errs = [d for (ev, d) in executor.status_messages if ev in ("execution_error", "execution_interrupted")]
         raise GenerationError(errs[0].get("exception_message", str(errs[0])) if errs else "generation failed")
     entry = executor.caches.outputs.get("dec")
+    if asyncio.iscoroutine(entry):  # newer ComfyUI (0.33.0): the cache's get is async
+        entry = asyncio.run(entry)
     outs = entry.outputs if hasattr(entry, "outputs") else entry
     img = outs[0]
     img = img[0] if isinstance(img, list) else img  # [1, H, W, 3]
