@@ -56,10 +56,12 @@ def has_accelerator():
     return any(p() for p in probes if p is not None)
 
 
-def bootstrap(cpu=None, directml=None):
+def bootstrap(cpu=None, directml=None, import_now=True):
     """Must run before any comfy import: model_management probes the device at import.
     cpu=None lets ComfyUI pick its device, and the CPU where it has none. directml:
-    a DirectML device index, as ComfyUI's --directml (env SONIC_DIRECTML)."""
+    a DirectML device index, as ComfyUI's --directml (env SONIC_DIRECTML). import_now:
+    import model_management here, with the host's import-time warnings hushed in a
+    command-line tool (its errors are one line; a whole boot imports it later itself)."""
     if "comfy.model_management" in sys.modules:
         return
     root = str(locate_comfyui())
@@ -74,6 +76,23 @@ def bootstrap(cpu=None, directml=None):
     if cpu is None:
         cpu = directml is None and not has_accelerator()
     args.cpu = bool(cpu)
+    if import_now:
+        _import_model_management_quietly()
+
+
+def _import_model_management_quietly():
+    """Newer ComfyUI logs warnings about GPU builds while importing (e.g. "You need pytorch
+    with cu130"); in a tool with no logging set up they would precede its own output."""
+    root = logging.getLogger()
+    if root.handlers:  # logging is configured (a host, pytest): leave it alone
+        import comfy.model_management  # noqa: F401
+        return
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import comfy.model_management  # noqa: F401
+    finally:
+        root.setLevel(previous)
 
 
 def torch_device(name=None):
@@ -101,7 +120,7 @@ def boot_in_process(base, cpu=None, extra_model_paths=None):
     link = base / "custom_nodes" / PACK_DIR_NAME
     if not link.exists():
         os.symlink(PACK_ROOT, link)
-    bootstrap(cpu=cpu)
+    bootstrap(cpu=cpu, import_now=False)
     root = str(locate_comfyui())
     if sys.path[0] != root:  # ComfyUI's own `nodes`, `utils`... before any same-named folder
         sys.path.insert(0, root)
