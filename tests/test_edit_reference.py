@@ -50,9 +50,9 @@ def test_whole_edit_with_injection_matches_the_diffusers_reference(parts, refere
     scale = float(ref.abs().max())
     err = float((ours - ref).abs().max())
     print(f"edit vs diffusers reference, fractions {fractions}: max error / max |ref| = {err / scale:.3g}")
-    # NOT YET MEASURED (the run did not finish before the deadline): 1e-3 relative is a first bound,
-    # to be replaced by 10x the ratio this test prints (fp32, CPU).
-    assert err <= 1e-3 * scale, err / scale
+    # Measured (fp32, CPU, torch 2.9.1): 3.16e-5 with injection (0.75, 0.5), 2.88e-5 without;
+    # the bound is 10x the larger.
+    assert err <= 3.2e-4 * scale, err / scale
     if fractions != (0.0, 0.0):  # the injection must matter at this scale, or the comparison proves little
         plain = edit.audio_edit(model, parts["pos"], parts["neg"], parts["latent"], steps=STEPS, cfg=7.5,
                                 attention_injection=0.0, feature_injection=0.0,
