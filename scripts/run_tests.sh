@@ -92,13 +92,21 @@ run_job() {  # name, then env assignments, then --, then pytest arguments
     shift
     say "job $name: $*"
     env "${envs[@]}" SONIC_FIXTURE_DIR="$BUILD/fixtures" "$@" || rc=$?
+    if [ "$rc" -eq 5 ] && [ -n "${ok5:-}" ]; then rc=0; fi
     summary+=("$(printf '%-18s rc=%-3s %5d s%s' "$name" "$rc" $((SECONDS - start)) "${advisory:+ (advisory)}")")
     [ "$rc" -eq 0 ] || [ -n "${advisory:-}" ] || failed=1
 }
 
 if wanted comfyui-0.3.75; then
-    run_job comfyui-0.3.75 -u SONIC_COMFYUI_DIR SONIC_BUILD_DIR="$BUILD" -- \
-        "$BUILD/venv/bin/python" -m pytest tests -rs "$@"
+    # In groups of test files, one process each: models loaded by earlier tests stay in
+    # ComfyUI's caches, and one process for the whole suite grew past 19 GB (OOM-killed on a
+    # 24 GB machine). Exit code 5 (a -k that selects nothing in a group) is not a failure.
+    mapfile -t all_tests < <(cd "$ROOT" && ls tests/test_*.py | LC_ALL=C sort)
+    group_size=${SONIC_TEST_GROUP_SIZE:-4}
+    for ((i = 0; i < ${#all_tests[@]}; i += group_size)); do
+        ok5=yes run_job "comfyui-0.3.75/$((i / group_size + 1))" -u SONIC_COMFYUI_DIR SONIC_BUILD_DIR="$BUILD" -- \
+            "$BUILD/venv/bin/python" -m pytest "${all_tests[@]:i:group_size}" -rs "$@"
+    done
 fi
 if wanted no-torchaudio; then
     audio_tests=(tests/test_*audio*.py tests/test_clap.py tests/test_registration.py)
