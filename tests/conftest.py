@@ -73,3 +73,14 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"CI=true: {item.nodeid} may not be skipped: {reason}"
+
+
+@pytest.fixture(scope="module")
+def adapter(host, fixture_dir):
+    """The stand-in SONIC_ADAPTER, loaded through Sonic Adapter Loader as a user would."""
+    import nodes
+
+    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
+    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
+    loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
+    return loader.execute(adapter_name=gates, projector_name=proj).result[0]

@@ -30,14 +30,6 @@ def comfy_model(fixture_dir):
     return model
 
 
-@pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
-    return loader.execute(adapter_name=gates, projector_name=proj).result[0]
-
-
 def _install_reference_adapters(unet, audio_tokens):
     """Adds the official adapter modules to each target diffusers block and a forward
     with the paper's formula after the text cross-attention."""

@@ -30,14 +30,6 @@ def sd15(host, fixture_dir):
 
 
 @pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
-    return loader.execute(adapter_name=gates, projector_name=proj).result[0]
-
-
-@pytest.fixture(scope="module")
 def embeds():
     return torch.nn.functional.normalize(torch.randn(1, 1024, generator=torch.Generator().manual_seed(4)), dim=-1)
 
