@@ -87,13 +87,18 @@ def validate_ui(ui):
         except WorkflowError as e:
             problems.append(f"node {node['id']}: {e}")
             continue
-        widgets = [(n, t, o) for n, t, o, _ in specs if is_widget(t)]
-        expected = len(widgets) + sum(1 for n, t, o in widgets if has_control_widget(n, t, o))
+        widgets = [(n, t, o, req) for n, t, o, req in specs if is_widget(t)]
+        sizes = [1 + has_control_widget(n, t, o) for n, t, o, _ in widgets]
+        expected = sum(sizes)
+        # A workflow saved on an older host lacks the optional widgets a newer host appended
+        # (0.33.0's CreateVideo bit_depth); the frontend fills those with their defaults.
+        last_required = max((i for i, w in enumerate(widgets) if w[3]), default=-1)
+        minimum = sum(sizes[:last_required + 1])
         values = node.get("widgets_values") or []
         if not isinstance(values, dict):
             # Upload combos may add trailing frontend-only values (preview, upload button).
-            extra_ok = sum(1 for _, t, o in widgets if any(k.endswith("_upload") for k in o)) * 2
-            if not expected <= len(values) <= expected + extra_ok:
+            extra_ok = sum(1 for _, t, o, _ in widgets if any(k.endswith("_upload") for k in o)) * 2
+            if not minimum <= len(values) <= expected + extra_ok:
                 problems.append(f"node {node['id']} ({node['type']}): {len(values)} widget values, "
                                 f"the definition has {expected}")
     for link in ui.get("links", []):

@@ -188,7 +188,7 @@ def test_lora_controlnet_and_adapter_each_act(sd15, adapter, embeds, lora_and_co
         "adapter": _image(sd15, lc["model"], lc["pos"], lc["neg"]),
     }
     for part, img in without.items():
-        diff = float((full - img).abs().max())
+        diff = float((full - img).detach().abs().max())
         print(f"without {part}: max |image difference| {diff:.3e}")
         assert diff > 1e-3, f"{part} has no effect on the image"
     zero = _image(sd15, apply_adapter(lc["model"], adapter, embeds, strength=0.0), lc["pos"], lc["neg"])

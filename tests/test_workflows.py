@@ -120,6 +120,18 @@ def test_validator_catches_broken_links_and_unknown_nodes():
     widgets = copy.deepcopy(ui)
     next(n for n in widgets["nodes"] if n["type"] == "SonicApplyAdapter")["widgets_values"].append(3.0)
     assert any("widget values" in p for p in workflow_tools.validate_ui(widgets))
+    # Saved before a host appended an optional widget: accepted (the frontend fills the
+    # default). One required value short: reported.
+    older = copy.deepcopy(ui)
+    apply = next(n for n in older["nodes"] if n["type"] == "SonicApplyAdapter")
+    optional = [n for n, t, o, req in workflow_tools.input_specs("SonicApplyAdapter")
+                if workflow_tools.is_widget(t) and not req]
+    assert optional, "Apply Sonic Adapter's appended widgets are optional"
+    del apply["widgets_values"][-len(optional):]
+    assert workflow_tools.validate_ui(older) == []
+    short = copy.deepcopy(ui)
+    del next(n for n in short["nodes"] if n["type"] == "KSampler")["widgets_values"][-1]
+    assert any("KSampler): 6 widget values" in p for p in workflow_tools.validate_ui(short))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
