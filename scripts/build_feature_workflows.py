@@ -68,16 +68,22 @@ def _guider(g, apply, pos, neg, text_cfg, audio_cfg):
     return guider
 
 
-def dual_guidance():
-    g = Graph()
-    ckpt, pos, neg, enc_loader, audio, adapter = _common(g)
-    encode = g.add("SonicAudioEncode", {}, (420, 560))
+def _encode_and_apply(g, ckpt, enc_loader, audio, adapter, encoder="SonicAudioEncode", widgets=None):
+    """The audio encoder node and Apply Sonic Adapter fed by it (in that order)."""
+    encode = g.add(encoder, widgets or {}, (420, 560))
     g.link(enc_loader, 0, encode, "audio_encoder")
     g.link(audio, 0, encode, "audio")
     apply = g.add("SonicApplyAdapter", {}, (840, 560))
     g.link(ckpt, 0, apply, "model")
     g.link(adapter, 0, apply, "sonic_adapter")
     g.link(encode, 0, apply, "audio_embeds")
+    return encode, apply
+
+
+def dual_guidance():
+    g = Graph()
+    ckpt, pos, neg, enc_loader, audio, adapter = _common(g)
+    _encode, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter)
     guider = _guider(g, apply, pos, neg, 7.5, 12.0)
     noise = g.add("RandomNoise", {"noise_seed": 42}, (1680, 160))
     latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (840, 260))
@@ -90,41 +96,20 @@ def dual_guidance():
 def ksampler_guidance():
     g = Graph()
     ckpt, pos, neg, enc_loader, audio, adapter = _common(g)
-    encode = g.add("SonicAudioEncode", {}, (420, 560))
-    g.link(enc_loader, 0, encode, "audio_encoder")
-    g.link(audio, 0, encode, "audio")
-    apply = g.add("SonicApplyAdapter", {}, (840, 560))
-    g.link(ckpt, 0, apply, "model")
-    g.link(adapter, 0, apply, "sonic_adapter")
-    g.link(encode, 0, apply, "audio_embeds")
+    _encode, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter)
     ratio = g.add("SonicAudioGuidance", {"audio_ratio": 1.6}, (1260, 560))
     g.link(apply, 0, ratio, "model")
     latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (840, 260))
-    ks = g.add("KSampler", {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"},
-               (1680, 0))
-    g.link(ratio, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(latent, 0, ks, "latent_image")
-    dec = g.add("VAEDecode", {}, (2100, 0))
-    g.link(ks, 0, dec, "samples")
-    g.link(ckpt, 2, dec, "vae")
-    save = g.add("SaveImage", {"filename_prefix": "sonic_ksampler_guidance"}, (2520, 0))
-    g.link(dec, 0, save, "images")
-    return g
+    widgets = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+    return bw.ksampler_to_image(g, ratio, (pos, 0), (neg, 0), latent, ckpt, widgets, "sonic_ksampler_guidance",
+                                (2520, 0))
 
 
 def audio_animation():
     g = Graph()
     ckpt, pos, neg, enc_loader, audio, adapter = _common(g, {"duration": 4.0})
-    frames = g.add("SonicAudioEncodeFrames", {"fps": 8.0, "window_seconds": 10.0, "smoothing_seconds": 0.25},
-                   (420, 560))
-    g.link(enc_loader, 0, frames, "audio_encoder")
-    g.link(audio, 0, frames, "audio")
-    apply = g.add("SonicApplyAdapter", {}, (840, 560))
-    g.link(ckpt, 0, apply, "model")
-    g.link(adapter, 0, apply, "sonic_adapter")
-    g.link(frames, 0, apply, "audio_embeds")
+    frames, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter, "SonicAudioEncodeFrames",
+                                      {"fps": 8.0, "window_seconds": 10.0, "smoothing_seconds": 0.25})
     latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 32}, (840, 260),
                    title="Empty Latent Image (one per frame)")
     g.link_widget(frames, 1, latent, "batch_size")

@@ -140,15 +140,21 @@ def audio_to_image(g, prompt="", ratios=None, lora=False, controlnet=False, batc
     sampler_widgets = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     if lora:
         sampler_widgets.update({"steps": 8, "cfg": 1.5, "sampler_name": "lcm", "scheduler": "sgm_uniform"})
-    ks = g.add("KSampler", sampler_widgets, (1680, 0))
-    g.link(apply, 0, ks, "model")
+    return ksampler_to_image(g, apply, positive, negative, latent, ckpt, sampler_widgets, "sonic", (2100, 200))
+
+
+def ksampler_to_image(g, model, positive, negative, latent, ckpt, widgets, prefix, save_at):
+    """KSampler -> VAEDecode (the checkpoint's VAE) -> SaveImage; positive and negative are
+    (node, output slot)."""
+    ks = g.add("KSampler", widgets, (1680, 0))
+    g.link(model, 0, ks, "model")
     g.link(*positive, ks, "positive")
     g.link(*negative, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
     dec = g.add("VAEDecode", {}, (2100, 0))
     g.link(ks, 0, dec, "samples")
     g.link(ckpt, 2, dec, "vae")
-    save = g.add("SaveImage", {"filename_prefix": "sonic"}, (2100, 200))
+    save = g.add("SaveImage", {"filename_prefix": prefix}, save_at)
     g.link(dec, 0, save, "images")
     return g
 
