@@ -3,12 +3,14 @@ the authors' way (a diffusers UNet2DConditionModel whose transformer blocks carr
 audio attention, tests/test_adapter_exactness.py's reference), same weights, fp32, same
 threads, interleaved repetitions, in one run.
 
-    .build/venv/bin/python bench/peer_step.py [--size 256] [--reps 5] [--threads N]
+    .build/venv/bin/python bench/peer_step.py [--size 256] [--reps 5] [--threads N] [--profile]
 
 Variants: each side plain and with the adapter; the pack with ComfyUI's default CPU
 attention and with PyTorch SDPA (what `--use-pytorch-cross-attention` selects; diffusers
 uses SDPA). Prints medians, the per-repetition ratio (median and IQR) and the outputs'
-largest difference. Target: the pack >= 1.3x faster per step.
+largest difference. Target: the pack >= 1.3x faster per step. --profile adds, for the authors'
+UNet and the pack (SDPA), the share of one step's CPU time per kind of operator (where the
+time goes).
 """
 import argparse
 import copy
@@ -58,11 +60,34 @@ def comfy_runner(model, x, t, ctx, attention):
     return run
 
 
+def _op_kind(name):
+    for kind, keys in (("convolution", ("conv",)), ("matmul / linear", ("addmm", "mm", "linear", "matmul", "bmm")),
+                       ("attention", ("attention", "softmax", "baddbmm")),
+                       ("normalization", ("norm",)), ("activation", ("gelu", "silu", "sigmoid", "tanh"))):
+        if any(k in name for k in keys):
+            return kind
+    return "other (copies, adds, reshapes)"
+
+
+def profile_shares(run):
+    """{kind: share of self CPU time} over one call of run, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    shares = {}
+    for ev in prof.key_averages():
+        shares[_op_kind(ev.key.lower())] = shares.get(_op_kind(ev.key.lower()), 0.0) + ev.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}, total / 1e3
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +139,11 @@ def main():
         med, q1, q3 = summary(ratios)
         print(f"speed-up of {ours} over the authors' implementation: {med:.2f}x (IQR {q1:.2f}..{q3:.2f}); "
               f"target >= 1.3x")
+    if args.profile:
+        for name in ("diffusers + adapter (authors)", "pack + adapter (SDPA)"):
+            shares, ms = profile_shares(variants[name])
+            print(f"profile of {name} (self CPU {ms:.0f} ms): "
+                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
 
 
 if __name__ == "__main__":

@@ -59,10 +59,13 @@ def trained(sd, tmp_path_factory, fixture_dir):
 def test_stage2_loss_falls_and_only_adapter_changes(trained, sd, fixture_dir):
     rows = _log(trained["out"])
     first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
-    # A real drop (measured 1.372 -> 1.045 for these settings). Halving takes about 20
-    # steps on this random-weight UNet, whose residual stream dwarfs a fresh adapter's
-    # term; that is several minutes per run on a 2-core CPU (stage 1's test does halve).
-    assert last < 0.85 * first, [r["loss"] for r in rows]
+    # --repeat-first-batch fixes the batch, noise and timesteps, so the objective is one fixed
+    # function: without updates the loss stays exactly the same (ratio 1.000, measured and
+    # held by test_without_updates_the_loss_stays_put), and any drop is learning. Measured
+    # last/first after these 8 steps for seeds 0-6: 0.819 0.797 0.793 0.835 0.762 0.793 0.824
+    # (mean 0.803, sd 0.024; this test's seed 4: 0.762). The bound sits halfway between no
+    # learning (1.000) and the worst seed (0.835): 0.92, 3.5 sd from either.
+    assert last < 0.92 * first, [r["loss"] for r in rows]
     # The UNet (and the rest of SD) is bitwise what was loaded.
     assert _digest(sd[1][0].model.diffusion_model) == trained["before"]
     assert not any(p.requires_grad for p in sd[1][0].model.parameters())
@@ -82,6 +85,20 @@ def test_stage2_loss_falls_and_only_adapter_changes(trained, sd, fixture_dir):
     for b in ADAPTER_BLOCKS:
         for k, v in fresh.blocks[b.name].state_dict().items():
             assert not torch.equal(bundle[f"adapter.{b.diffusers}.{k}"], v), (b.name, k)
+
+
+def test_without_updates_the_loss_stays_put(trained, sd):
+    """The control of the drop above: the same run with learning rate 0 logs one loss."""
+    _, pre = sd
+    argv = list(trained["argv"])
+    argv[argv.index("--steps") + 1] = "2"
+    argv[argv.index("--lr") + 1] = "0"
+    out = trained["root"] / "control"
+    argv[argv.index("--out") + 1] = str(out)
+    cli.cmd_train(cli.build_parser().parse_args(argv), preloaded=pre)
+    losses = [float(r["loss"]) for r in _log(out)]
+    assert len(losses) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-6), losses
+    assert losses[0] == pytest.approx(float(_log(trained["out"])[0]["loss"]), rel=1e-6)
 
 
 def test_trained_bundle_loads_and_changes_generation(trained, sd, host):
