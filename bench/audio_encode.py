@@ -4,7 +4,9 @@ weights and threads, at batch 1 and 16, as a real-time factor (seconds of audio 
 second of wall time); the machine's measured fp32 convolution throughput as the ceiling;
 decoding and resampling in their own column.
 
-    .build/venv/bin/python bench/audio_encode.py [--reps 3] [--batch 16]
+    .build/venv/bin/python bench/audio_encode.py [--reps 3] [--batch 16] [--profile]
+
+--profile adds the share of the pack's encode time (batch 8) per kind of operator.
 
 Targets: the pack >= 1.5x faster than msclap, >= 60% of the measured conv throughput;
 >= 1000x real time on a GPU (bench/gpu_check.py).
@@ -14,7 +16,7 @@ import time
 
 import torch
 
-from common import boot, device_name, summary, synchronize
+from common import boot, device_name, profile_shares, summary, synchronize
 
 
 def msclap_encoder(clap_path):
@@ -63,6 +65,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     fs = boot()
     from torch.utils.flop_counter import FlopCounterMode
@@ -112,6 +115,13 @@ def main():
         if peer is not None:
             ratios = sorted(a / b for a, b in zip(times["msclap"], times["pack"]))
             print(f"batch {batch:3d}: the pack is {summary(ratios)[0]:.2f}x msclap's speed (target >= 1.5x)")
+    if args.profile:
+        clips = clip.expand(8, -1).contiguous()
+        with torch.no_grad():
+            shares, ms = profile_shares(lambda: encoder.encode(clips))
+        print(f"profile of the pack's encode, batch 8 (self CPU {ms:.0f} ms): "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
+
 
 
 if __name__ == "__main__":

@@ -114,3 +114,29 @@ def interleaved_measure(variants, reps, measure):
         for name, fn in variants.items():
             values[name].append(measure(fn))
     return values
+
+
+def _op_kind(name):
+    """A coarse kind of a torch operator name, for profile shares."""
+    kinds = (("convolution", ("conv",)), ("pooling", ("pool",)), ("spectrum", ("fft", "stft")),
+             ("matmul / linear", ("addmm", "mm", "linear", "matmul", "bmm")),
+             ("attention", ("attention", "softmax")), ("normalization", ("norm",)),
+             ("activation", ("gelu", "silu", "sigmoid", "tanh", "relu", "clamp")))
+    for kind, keys in kinds:
+        if any(k in name for k in keys):
+            return kind
+    return "other (copies, adds, reshapes)"
+
+
+def profile_shares(run):
+    """{kind: share of self CPU time} over one call of run, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    shares = {}
+    for ev in prof.key_averages():
+        kind = _op_kind(ev.key.lower())
+        shares[kind] = shares.get(kind, 0.0) + ev.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}, total / 1e3

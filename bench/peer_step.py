@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from common import ROOT, boot, interleaved, load_adapter, load_unet, summary
+from common import ROOT, boot, interleaved, load_adapter, load_unet, profile_shares, summary
 
 
 def reference_unet(fs, tokens):
@@ -58,28 +58,6 @@ def comfy_runner(model, x, t, ctx, attention):
         finally:
             attn.optimized_attention = saved
     return run
-
-
-def _op_kind(name):
-    for kind, keys in (("convolution", ("conv",)), ("matmul / linear", ("addmm", "mm", "linear", "matmul", "bmm")),
-                       ("attention", ("attention", "softmax", "baddbmm")),
-                       ("normalization", ("norm",)), ("activation", ("gelu", "silu", "sigmoid", "tanh"))):
-        if any(k in name for k in keys):
-            return kind
-    return "other (copies, adds, reshapes)"
-
-
-def profile_shares(run):
-    """{kind: share of self CPU time} over one call of run, from torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    shares = {}
-    for ev in prof.key_averages():
-        shares[_op_kind(ev.key.lower())] = shares.get(_op_kind(ev.key.lower()), 0.0) + ev.self_cpu_time_total
-    total = sum(shares.values()) or 1.0
-    return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}, total / 1e3
 
 
 def main():
