@@ -4,7 +4,7 @@ from comfy_api.latest import ComfyExtension
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
 from .edit import SonicAudioEdit
 from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
-from .animation import SonicAudioEncodeFrames, SonicSharedNoise
+from .animation import SonicAudioEncodeFrames, SonicLoudnessCurve, SonicSharedNoise
 from .guidance import SonicAudioGuidance, SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
@@ -21,6 +21,7 @@ NODES = [
     SonicDualGuider,
     SonicAudioGuidance,
     SonicAudioEncodeFrames,
+    SonicLoudnessCurve,
     SonicSharedNoise,
 ]
 

@@ -1,5 +1,6 @@
 """Sonic Adapter Loader and Apply Sonic Adapter."""
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion import checkpoints
@@ -8,7 +9,8 @@ from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
 from ..sonic_diffusion.patch import SonicAudioPatch
 from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, require_finite, schema
+from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, require_finite,
+                     schema)
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
@@ -120,13 +122,17 @@ class SonicApplyAdapter(io.ComfyNode):
                                 tooltip=f"Overrides block_preset when not empty: ten numbers, one per site in "
                                         f"the order {BLOCK_SITE_NAMES}, e.g. '1, 1, 1, 1, 0.5, 0.5, 0.5, 0, 0, 0'. "
                                         f"Each multiplies strength at its site; 0 turns the site off."),
+                SonicStrengthCurve.Input("strength_curve", optional=True,
+                                         tooltip="One factor per latent on strength, e.g. from Loudness Strength "
+                                                 "Curve (Sonic): with Audio Encode Frames the audio acts harder "
+                                                 "on loud frames. Its length must equal the latent batch."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, sonic_adapter, audio_embeds, strength, start_percent, end_percent,
-                negative_audio_embeds=None, block_preset="all", block_weights=""):
+                negative_audio_embeds=None, block_preset="all", block_weights="", strength_curve=None):
         node = "Apply Sonic Adapter"
         require_finite(node, strength=strength, start_percent=start_percent, end_percent=end_percent)
         weights = _site_weights(node, block_preset, block_weights)
@@ -140,6 +146,8 @@ class SonicApplyAdapter(io.ComfyNode):
         for name, emb in (("audio_embeds", audio_embeds), ("negative_audio_embeds", negative_audio_embeds)):
             if emb is not None and not bool(emb.isfinite().all()):
                 raise NodeInputError(f"{node}: {name} holds NaN or Inf values; re-encode the audio.")
+        if strength_curve is not None and not bool(torch.as_tensor(strength_curve).isfinite().all()):
+            raise NodeInputError(f"{node}: strength_curve holds NaN or Inf values; rebuild it from the audio.")
         sonic_adapter = sonic_adapter.with_block_dtype(resident_dtype(model))
         cond = sonic_adapter.project(audio_embeds)
         uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else None
@@ -148,7 +156,8 @@ class SonicApplyAdapter(io.ComfyNode):
             sampling = model.get_model_object("model_sampling")
             sigma_start = sampling.percent_to_sigma(start_percent)
             sigma_end = sampling.percent_to_sigma(end_percent)
-        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end, block_weights=weights)
+        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end, block_weights=weights,
+                                row_strengths=strength_curve)
         patched = model.clone()
         patch.register(patched)
         return io.NodeOutput(patched)

@@ -1,10 +1,21 @@
-"""Audio Encode Frames (Sonic) and Shared Noise (Sonic): audio-reactive animation."""
+"""Audio Encode Frames (Sonic), Loudness Strength Curve (Sonic) and Shared Noise (Sonic):
+audio-reactive animation."""
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_diffusion.animation import MAX_WINDOW_S, SharedNoise, encode_frames
-from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, require_finite, schema
+from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
+                                         loudness_strengths)
+from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
+                     require_finite, schema)
+
+CURVE = "Loudness Strength Curve (Sonic)"
+
+
+def _audio_value(node, audio):
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+    return audio["waveform"], audio["sample_rate"]
 
 
 class SonicAudioEncodeFrames(io.ComfyNode):
@@ -45,21 +56,58 @@ class SonicAudioEncodeFrames(io.ComfyNode):
         node = "Audio Encode Frames (Sonic)"
         require_finite(node, fps=fps, window_seconds=window_seconds, hop_seconds=hop_seconds,
                        smoothing_seconds=smoothing_seconds)
-        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-            raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+        waveform, sample_rate = _audio_value(node, audio)
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done, total):
             bar.update_absolute(done, total)
 
         try:
-            embeds = encode_frames(audio_encoder, audio["waveform"], audio["sample_rate"], fps,
+            embeds = encode_frames(audio_encoder, waveform, sample_rate, fps,
                                    window_s=window_seconds, hop_s=hop_seconds, smoothing_s=smoothing_seconds,
                                    progress=progress,
                                    check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         except ValueError as e:
             raise NodeInputError(f"{node}: {e}") from None
         return io.NodeOutput(embeds, int(embeds.shape[0]), float(fps))
+
+
+class SonicLoudnessCurve(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicLoudnessCurve",
+            display_name=CURVE,
+            category=CATEGORY + "/audio",
+            description="A strength factor per video frame from the loudness of the audio at that frame (RMS of "
+                        "the 1/fps seconds around it): the loudest frame gets max_strength, frames range_db or "
+                        "more below it min_strength, linear in dB between. Feed it to Apply Sonic Adapter's "
+                        "strength_curve, with the same audio and fps as Audio Encode Frames (Sonic), so loud "
+                        "moments push the image harder.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The clip given to Audio Encode Frames (Sonic)."),
+                io.Float.Input("fps", default=8.0, min=0.1, max=120.0, step=0.5,
+                               tooltip="The fps of Audio Encode Frames (Sonic): one value per frame."),
+                io.Float.Input("min_strength", default=0.5, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Factor on Apply Sonic Adapter's strength for quiet frames."),
+                io.Float.Input("max_strength", default=1.5, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Factor on Apply Sonic Adapter's strength for the loudest frame."),
+                io.Float.Input("range_db", default=40.0, min=1.0, max=200.0, step=1.0,
+                               tooltip="Loudness range mapped onto min..max, in dB below the loudest frame."),
+            ],
+            outputs=[SonicStrengthCurve.Output(display_name="strength_curve",
+                                               tooltip="Connect to Apply Sonic Adapter's strength_curve.")],
+        )
+
+    @classmethod
+    def execute(cls, audio, fps, min_strength, max_strength, range_db):
+        require_finite(CURVE, fps=fps, min_strength=min_strength, max_strength=max_strength, range_db=range_db)
+        waveform, sample_rate = _audio_value(CURVE, audio)
+        try:
+            levels = frame_loudness_db(waveform, sample_rate, fps)
+            return io.NodeOutput(loudness_strengths(levels, min_strength, max_strength, range_db))
+        except ValueError as e:
+            raise NodeInputError(f"{CURVE}: {e}") from None
 
 
 class SonicSharedNoise(io.ComfyNode):

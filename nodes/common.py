@@ -7,6 +7,7 @@ from comfy_api.latest import io
 SonicAudioEmbeds = io.Custom("SONIC_AUDIO_EMBEDS")
 SonicAdapterType = io.Custom("SONIC_ADAPTER")
 SonicAudioEncoderType = io.Custom("SONIC_AUDIO_ENCODER")
+SonicStrengthCurve = io.Custom("SONIC_STRENGTH_CURVE")
 
 CATEGORY = "SonicDiffusion"
 

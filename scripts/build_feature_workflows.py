@@ -5,8 +5,8 @@
 - sonic_audio_guidance_ksampler.json: Sonic Audio Guidance (KSampler) -> KSampler (the
   same guidance as a model option)
 - sonic_audio_animation.json: Audio Encode Frames (Sonic) -> one latent per frame with
-  Shared Noise (Sonic) -> frames (SaveImage), an animated WEBP and a video with the
-  original audio track (CreateVideo -> SaveVideo)
+  Shared Noise (Sonic) and a Loudness Strength Curve (Sonic) -> frames (SaveImage), an
+  animated WEBP and a video with the original audio track (CreateVideo -> SaveVideo)
 
     .build/venv/bin/python scripts/build_feature_workflows.py
 """
@@ -110,6 +110,11 @@ def audio_animation():
     ckpt, pos, neg, enc_loader, audio, adapter = _common(g, {"duration": 4.0})
     frames, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter, "SonicAudioEncodeFrames",
                                       {"fps": 8.0, "window_seconds": 10.0, "smoothing_seconds": 0.25})
+    # Loud frames act harder: one strength factor per frame, at the frames' fps.
+    curve = g.add("SonicLoudnessCurve", {"fps": 8.0}, (420, 900))
+    g.link(audio, 0, curve, "audio")
+    g.link_widget(frames, 2, curve, "fps")
+    g.link(curve, 0, apply, "strength_curve")
     latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 32}, (840, 260),
                    title="Empty Latent Image (one per frame)")
     g.link_widget(frames, 1, latent, "batch_size")

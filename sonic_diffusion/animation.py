@@ -139,6 +139,38 @@ def encode_frames(encoder, waveform, sample_rate, fps, window_s=MAX_WINDOW_S, ho
     return smooth(embeds, smoothing_s * fps)
 
 
+def frame_loudness_db(waveform, sample_rate, fps):
+    """[frames] loudness of each frame's own slice of the clip (the 1/fps seconds centred on
+    t_k = k / fps, cut to the clip): RMS of the mono mix in dB re full scale. Frames as in
+    encode_frames, so the k-th value belongs to the k-th embedding."""
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    sample_rate = int(sample_rate)
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    mono = mono_of(waveform)
+    if not bool(torch.isfinite(mono).all()):
+        raise ValueError("the audio contains NaN or infinite samples; fix or re-decode the source")
+    n = mono.shape[-1]
+    out = []
+    for k in range(frame_count(n / sample_rate, fps)):
+        first = max(0, int(round((k - 0.5) / fps * sample_rate)))
+        last = min(n, max(first + 1, int(round((k + 0.5) / fps * sample_rate))))
+        rms = mono[first:last].square().mean().sqrt()
+        out.append(20.0 * torch.log10(rms.clamp_min(1e-10)))  # -200 dB floor for digital silence
+    return torch.stack(out)
+
+
+def loudness_strengths(loudness_db, min_strength, max_strength, range_db):
+    """Per-frame strength factors: the loudest frame gets max_strength, frames range_db or
+    more below it min_strength, linear in dB between."""
+    if not range_db > 0:
+        raise ValueError(f"range_db must be positive, got {range_db}")
+    relative = loudness_db - loudness_db.max()
+    level = ((relative + range_db) / range_db).clamp(0.0, 1.0)
+    return min_strength + (max_strength - min_strength) * level
+
+
 class SharedNoise:
     """NOISE for SamplerCustomAdvanced: every latent of the batch starts from the noise
     that the core Random Noise gives its first latent, so the frames differ only

@@ -30,6 +30,8 @@ from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
 AUDIO_OFF = "sonic_audio_off"
 # transformer_options key set by captures_last(): the captures run after every middle_patch.
 STREAM_ORDERED = "sonic_stream_ordered"
+# Key of the per-row strength factors in a cache entry (beside the blocks' names).
+ROW_SCALE = "row_scale"
 WRAPPER_KEY = "sonic_diffusion_stream_order"
 
 
@@ -108,10 +110,12 @@ class SonicAudioPatch:
     - block_weights: one factor per ADAPTER_BLOCKS site (middle, output 3..11), folded
       into the output projection with strength and gate; a site at 0 is skipped
     - differentiable: the plain formula through the adapter's modules (training)
+    - row_strengths: optional [N] factors on the term per latent (a loudness curve), under
+      the batch rule: one value serves every latent, N values map one-to-one
     """
 
     def __init__(self, adapter, cond_tokens, uncond_tokens, strength=1.0, sigma_start=None, sigma_end=None,
-                 differentiable=False, block_weights=None):
+                 differentiable=False, block_weights=None, row_strengths=None):
         self.adapter = adapter
         self.cond_tokens = cond_tokens
         self.uncond_tokens = uncond_tokens
@@ -125,6 +129,8 @@ class SonicAudioPatch:
         self.block_weights = weights
         # strength x site weight per block: the factor the gate's tanh is multiplied by.
         self.site_scales = {b.name: self.strength * w for b, w in zip(ADAPTER_BLOCKS, weights)}
+        self.row_strengths = None if row_strengths is None else \
+            torch.as_tensor(row_strengths, dtype=torch.float32).detach().reshape(-1).cpu()
         self.capture = StreamCapture()
         self._cache = {}
         self._window_sigmas = None
@@ -202,7 +208,19 @@ class SonicAudioPatch:
         batch = h.shape[0] // len(chunks)
         tokens = torch.cat([_rows_for_chunk(t, batch) for t in self._chunk_tokens(chunks, batch)])
         tokens = tokens.to(device=h.device, dtype=h.dtype)
-        return self.adapter.model.blocks[block.name].residual(h, tokens, self.site_scales[block.name])
+        term = self.adapter.model.blocks[block.name].residual(h, tokens, self.site_scales[block.name])
+        row_scale = self._row_scale(len(chunks), batch, h.device, h.dtype)
+        return term if row_scale is None else term * row_scale
+
+    def _row_scale(self, n_chunks, batch, device, dtype):
+        """[chunks*batch, 1, 1] per-row factors of row_strengths (the same for every chunk), or None."""
+        if self.row_strengths is None:
+            return None
+        per_latent = rows_for_batch(self.row_strengths, batch, lambda n, b: AudioBatchError(
+            f"Apply Sonic Adapter: a strength curve of {n} values for a batch of {b} latents. "
+            f"Give one value per latent ({b}), e.g. from Loudness Strength Curve (Sonic) at the fps "
+            f"of Audio Encode Frames (Sonic)."))
+        return per_latent.repeat(n_chunks).view(-1, 1, 1).to(device=device, dtype=dtype)
 
     # Cached fast path -----------------------------------------------------------------
     def _fast_term(self, block, h, chunks):
@@ -221,10 +239,13 @@ class SonicAudioPatch:
             scores = torch.bmm(rows, t["A"])
             probs = scores.view(n_chunks, rows.shape[1], HEADS, -1).softmax(dim=-1)
             out = torch.baddbmm(t["bias"], probs.view(n_chunks, rows.shape[1], -1), t["B"])
-            return out.view_as(h)
-        q = F.linear(y, t["wq"])
-        o = comfy_attention.optimized_attention(q, t["k"], t["v"], HEADS)
-        return F.linear(o, t["wo"], t["bias"])
+            out = out.view_as(h)
+        else:
+            q = F.linear(y, t["wq"])
+            o = comfy_attention.optimized_attention(q, t["k"], t["v"], HEADS)
+            out = F.linear(o, t["wo"], t["bias"])
+        row_scale = entry.get(ROW_SCALE)
+        return out if row_scale is None else out * row_scale
 
     @torch.no_grad()
     def _build(self, device, dtype, chunks, batch):
@@ -233,7 +254,7 @@ class SonicAudioPatch:
         # The folded path needs one token set per chunk; batches of distinct audios use the plain one.
         single = all(t.shape[0] == 1 for t in chunk_tokens)
         rows = torch.cat([_rows_for_chunk(t, batch) for t in chunk_tokens])
-        entry = {}
+        entry = {ROW_SCALE: self._row_scale(len(chunks), batch, device, dtype)}
         for block in ADAPTER_BLOCKS:
             if self.site_scales[block.name] == 0.0:
                 continue  # never called: __call__ skips the site

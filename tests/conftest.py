@@ -84,3 +84,12 @@ def adapter(host, fixture_dir):
     gates = host.link_model("sonic_diffusion", fixture_dir.gates())
     loader = nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"]
     return loader.execute(adapter_name=gates, projector_name=proj).result[0]
+
+
+@pytest.fixture(scope="module")
+def comfy_model(fixture_dir):
+    """The stand-in SD1.5 MODEL (full UNet topology, no CLIP or VAE), loaded as a checkpoint."""
+    import comfy.sd
+
+    path = fixture_dir.full_checkpoint(clip=False, vae=False)
+    return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]

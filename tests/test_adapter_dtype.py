@@ -7,7 +7,6 @@ import types
 import pytest
 import torch
 
-import nodes
 
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.patch import STREAM_ORDERED, SonicAudioPatch
@@ -15,13 +14,6 @@ from sonic_diffusion.runtime import resident_dtype
 from sonic_reference import reference_term
 
 HALF = (torch.float16, torch.bfloat16)
-
-
-@pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    return nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
 
 
 def _bytes(module):

@@ -6,26 +6,12 @@ import copy
 import pytest
 import torch
 
-import comfy.sd
 import nodes
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCK_PRESETS, parse_block_weights
 from sonic_reference import spy_patch_calls, with_plain_reference
 
 APPLY = "SonicApplyAdapter"
-
-
-@pytest.fixture(scope="module")
-def comfy_model(fixture_dir):
-    path = fixture_dir.full_checkpoint(clip=False, vae=False)
-    return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]
-
-
-@pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    return nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
 
 
 def _inputs(seed=0):

@@ -58,13 +58,6 @@ def fake_accelerator(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    return nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
-
-
-@pytest.fixture(scope="module")
 def sd15(fixture_dir):
     """The stand-in SD1.5 MODEL, loaded on the CPU before any faking (module scope)."""
     import comfy.sd

@@ -64,13 +64,6 @@ def ckpt_name(host, fixture_dir):
     return host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True))
 
 
-@pytest.fixture(scope="module")
-def adapter(host, fixture_dir):
-    proj = host.link_model("sonic_diffusion", fixture_dir.projector())
-    gates = host.link_model("sonic_diffusion", fixture_dir.gates())
-    return nodes.NODE_CLASS_MAPPINGS["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
-
-
 # --- the plain formula, test side ------------------------------------------------------------
 
 class PlainFormula:

@@ -22,6 +22,7 @@ EXPECTED_NODES = {
     "SonicDualGuider": "Sonic Dual Guider (text / audio)",
     "SonicAudioGuidance": "Sonic Audio Guidance (KSampler)",
     "SonicAudioEncodeFrames": "Audio Encode Frames (Sonic)",
+    "SonicLoudnessCurve": "Loudness Strength Curve (Sonic)",
     "SonicSharedNoise": "Shared Noise (Sonic)",
 }
 
