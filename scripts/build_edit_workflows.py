@@ -16,11 +16,11 @@ def custom_sampler_step(g, apply, pos, neg, vae_enc):
     g.link(pos, 0, guider, "positive")
     g.link(neg, 0, guider, "negative")
     sampler = g.add("SonicDDIMEditSampler", {"attention_injection": 0.8, "feature_injection": 0.8}, (1140, 200))
-    sched = g.add("BasicScheduler", {"scheduler": "ddim_uniform", "steps": 50, "denoise": 1.0}, (1140, 360),
+    sched = g.add("BasicScheduler", {"scheduler": "ddim_uniform", "steps": 50, "denoise": 1.0}, (1140, 430),
                   title="BasicScheduler (ddim_uniform, the paper's DDIM)")
     g.link(apply, 0, sched, "model")
-    noise = g.add("DisableNoise", {}, (1140, 560), title="Disable Noise (the edit starts from the inversion)")
-    step = g.add("SamplerCustomAdvanced", {}, (1500, 200))
+    noise = g.add("DisableNoise", {}, (1140, 660), title="Disable Noise (the edit starts from the inversion)")
+    step = g.add("SamplerCustomAdvanced", {}, (1580, 200))
     g.link(noise, 0, step, "noise")
     g.link(guider, 0, step, "guider")
     g.link(sampler, 0, step, "sampler")
@@ -71,11 +71,11 @@ def edit_graph(Graph, ns, img2img=False, prompt="", custom=False):
         g.link(pos, 0, step, "positive")
         g.link(neg, 0, step, "negative")
         g.link(vae_enc, 0, step, "latent")
-    dec = g.add("VAEDecode", {}, (1880 if custom else 1500, 0))
+    dec = g.add("VAEDecode", {}, (1960 if custom else 1500, 0))
     g.link(step, 0, dec, "samples")
     g.link(ckpt, 2, dec, "vae")
     save = g.add("SaveImage", {"filename_prefix": "sonic_img2img" if img2img else "sonic_edit"},
-                 (2140 if custom else 1760, 0))
+                 (2220 if custom else 1760, 0))
     g.link(dec, 0, save, "images")
     return g
 

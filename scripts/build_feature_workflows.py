@@ -111,7 +111,7 @@ def audio_animation():
     frames, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter, "SonicAudioEncodeFrames",
                                       {"fps": 8.0, "window_seconds": 10.0, "smoothing_seconds": 0.25})
     # Loud frames act harder: one strength factor per frame, at the frames' fps.
-    curve = g.add("SonicLoudnessCurve", {"fps": 8.0}, (420, 900))
+    curve = g.add("SonicLoudnessCurve", {"fps": 8.0}, (0, 1120))
     g.link(audio, 0, curve, "audio")
     g.link_widget(frames, 2, curve, "fps")
     g.link(curve, 0, apply, "strength_curve")
