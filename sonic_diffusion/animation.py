@@ -50,6 +50,17 @@ def mono_of(waveform):
     return x.to(torch.float32).mean(dim=0)
 
 
+def checked_mono(waveform, sample_rate):
+    """(mono [T] float32, int sample_rate) of one clip, refusing a bad rate or NaN/Inf samples."""
+    sample_rate = int(sample_rate)
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    mono = mono_of(waveform)
+    if not bool(torch.isfinite(mono).all()):
+        raise ValueError("the audio contains NaN or infinite samples; fix or re-decode the source")
+    return mono, sample_rate
+
+
 def build_window(mono, sample_rate, start_s, end_s):
     """The 10 s encoder input [441000] for seconds [start_s, end_s) of mono."""
     total = output_length(mono.shape[-1], sample_rate, CLAP_SAMPLE_RATE)
@@ -121,12 +132,7 @@ def encode_frames(encoder, waveform, sample_rate, fps, window_s=MAX_WINDOW_S, ho
         raise ValueError(f"window_seconds must be in (0, {MAX_WINDOW_S:g}], got {window_s}")
     if hop_s < 0 or smoothing_s < 0:
         raise ValueError("hop_seconds and smoothing_seconds must not be negative")
-    sample_rate = int(sample_rate)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    mono = mono_of(waveform)
-    if not bool(torch.isfinite(mono).all()):
-        raise ValueError("the audio contains NaN or infinite samples; fix or re-decode the source")
+    mono, sample_rate = checked_mono(waveform, sample_rate)
     duration = mono.shape[-1] / sample_rate
     frames = [k / fps for k in range(frame_count(duration, fps))]
     centers = frames if hop_s == 0 else [k * hop_s for k in range(int(math.floor(duration / hop_s + 1e-9)) + 1)]
@@ -145,12 +151,7 @@ def frame_loudness_db(waveform, sample_rate, fps):
     encode_frames, so the k-th value belongs to the k-th embedding."""
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    sample_rate = int(sample_rate)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    mono = mono_of(waveform)
-    if not bool(torch.isfinite(mono).all()):
-        raise ValueError("the audio contains NaN or infinite samples; fix or re-decode the source")
+    mono, sample_rate = checked_mono(waveform, sample_rate)
     n = mono.shape[-1]
     out = []
     for k in range(frame_count(n / sample_rate, fps)):

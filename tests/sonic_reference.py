@@ -147,3 +147,15 @@ def record_attn2_streams(unet):
     finally:
         for h in handles:
             h.remove()
+
+
+def unet_call(model, x, t, ctx, chunks=(1, 0)):
+    """One call of a (patched) MODEL's UNet as sampling makes it: rows in `chunks` order
+    (1 = uncond, 0 = cond), sigmas given as the timesteps."""
+    import copy
+
+    to = copy.copy(model.model_options["transformer_options"])
+    to["cond_or_uncond"] = list(chunks)
+    to["sigmas"] = t.float()
+    with torch.no_grad():
+        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)

@@ -1,7 +1,6 @@
 """Per-site weights of Apply Sonic Adapter (middle block, output blocks 3-11): a site
 at 0 is an exact no-op, all ones is today's output, the folded fast path keeps the
 plain formula, bad lists and non-finite floats get a clear error naming the node."""
-import copy
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch
 import nodes
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCK_PRESETS, parse_block_weights
-from sonic_reference import spy_patch_calls, with_plain_reference
+from sonic_reference import spy_patch_calls, unet_call, with_plain_reference
 
 APPLY = "SonicApplyAdapter"
 
@@ -30,11 +29,7 @@ def _apply(model, adapter, e, **kw):
 
 
 def _run(model, x, t, ctx):
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = [1, 0]
-    to["sigmas"] = t.float()
-    with torch.no_grad():
-        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+    return unet_call(model, x, t, ctx)
 
 
 def test_all_ones_is_todays_output(comfy_model, adapter):

@@ -2,7 +2,6 @@
 latent on the audio term. A factor of 1 is bitwise the curve-less output, 0 bitwise the
 unpatched UNet for that latent, other factors equal that strength; bad curves get clear
 errors naming the node."""
-import copy
 import math
 
 import pytest
@@ -12,6 +11,7 @@ import nodes
 
 from sonic_diffusion.animation import frame_count, frame_loudness_db, loudness_strengths
 from sonic_diffusion.patch import AudioBatchError
+from sonic_reference import unet_call
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
 CURVE = nodes.NODE_CLASS_MAPPINGS["SonicLoudnessCurve"]
@@ -69,11 +69,7 @@ def _apply(model, adapter, e, strength=1.0, curve=None):
 
 
 def _run(model, x, t, ctx):
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = [1, 0]
-    to["sigmas"] = t.float()
-    with torch.no_grad():
-        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+    return unet_call(model, x, t, ctx)
 
 
 def test_curve_factors_act_per_latent(comfy_model, adapter):
@@ -105,3 +101,22 @@ def test_curve_of_the_wrong_length_or_with_nan_is_refused(comfy_model, adapter):
         _run(patched, x, t, ctx)
     with pytest.raises(Exception, match=r"Apply Sonic Adapter: strength_curve holds NaN"):
         _apply(comfy_model, adapter, e, curve=torch.tensor([1.0, float("nan")]))
+
+
+@pytest.mark.parametrize("half", ["fp16", "bf16"])
+def test_curve_in_half_precision(host, fixture_dir, adapter, half):
+    """With the UNet in half precision (ComfyUI's own switches, as on an accelerator; see
+    tests/test_precision.py) the factors are cast to the UNet's dtype: 1 is still bitwise
+    the curve-less output, 0 bitwise the unpatched UNet for that latent."""
+    from test_precision import HALF, load_checkpoint
+
+    model = load_checkpoint(host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
+                           HALF[half])
+    x, t, ctx, e = (v.to(HALF[half]) if v.is_floating_point() else v for v in _inputs())
+    plain = _run(model, x, t, ctx)
+    full = _run(_apply(model, adapter, e.float()), x, t, ctx)
+    assert full.dtype == HALF[half] and not torch.equal(full, plain)
+    assert torch.equal(_run(_apply(model, adapter, e.float(), curve=torch.ones(2)), x, t, ctx), full)
+    off_first = _run(_apply(model, adapter, e.float(), curve=torch.tensor([0.0, 1.0])), x, t, ctx)
+    assert torch.equal(off_first[[0, 2]], plain[[0, 2]])
+    assert torch.equal(off_first[[1, 3]], full[[1, 3]])
