@@ -70,7 +70,8 @@ if [ ${#extra_hosts[@]} -gt 0 ]; then
         for dir in "${extra_hosts[@]}"; do
             name=$(basename "$dir")
             wanted "$name" || continue
-            SONIC_COMFYUI_DIR=$dir SONIC_BUILD_DIR=$HOSTS_BUILD/$name bash "$ROOT/scripts/setup_host.sh" || exit 1
+            SONIC_COMFYUI_DIR=$dir SONIC_BUILD_DIR=$HOSTS_BUILD/$name SONIC_TORCH_FROM=$BUILD/venv \
+                bash "$ROOT/scripts/setup_host.sh" || exit 1
         done
     ) > "$build_log" 2>&1 &
     build_pid=$!

@@ -7,6 +7,7 @@
 # folder), and the venv gets that tree's requirements.txt with the pack's constraints.
 # Idempotent: every step leaves a stamp, and a second run with everything present
 # takes seconds. Everything lives in $SONIC_BUILD_DIR (default: <repo>/.build).
+# With SONIC_TORCH_FROM naming another such venv, its torch stack is linked, not installed.
 # The browser test's Chromium is set up by scripts/setup_browser.sh, not here.
 set -euo pipefail
 
@@ -29,7 +30,8 @@ stamp_set() { printf '%s' "$2" > "$BUILD/.stamp-$1"; }
 
 pip_or_die() {
     if ! "$VENV/bin/python" -m pip "$@"; then
-        die "pip failed (pip $*). Is PyPI reachable? Check your network or proxy (PIP_INDEX_URL), then rerun $0; finished steps are kept."
+        free=$(df -Ph "$BUILD" | awk 'NR == 2 {print $4}')
+        die "pip failed (pip $*). Is PyPI reachable (network, proxy, PIP_INDEX_URL)? Is the disk full ($free free under $BUILD)? Fix that, then rerun $0; finished steps are kept."
     fi
 }
 
@@ -46,8 +48,20 @@ if ! stamp_ok venv "$key" || [ ! -x "$VENV/bin/python" ]; then
 fi
 
 key=$(sha256sum "$CONSTRAINTS" | cut -c1-16)
-if ! stamp_ok torch "$key"; then
-    say "installing torch, torchvision, torchaudio (pinned; about 4 GB, a few minutes)"
+if [ -n "${SONIC_TORCH_FROM:-}" ]; then
+    # A further host reuses the first host's torch stack (scripts/share_torch.py says how):
+    # a second CUDA build of torch is 7 GB, and CI machines ran out of disk with two.
+    key="shared-$key-$SONIC_TORCH_FROM"
+    if ! stamp_ok torch "$key" || [ ! -e "$BUILD/shared-torch/torch/__init__.py" ]; then
+        [ -x "$SONIC_TORCH_FROM/bin/python" ] || die "SONIC_TORCH_FROM=$SONIC_TORCH_FROM is not a venv"
+        say "sharing the torch stack of $SONIC_TORCH_FROM (no second install)"
+        site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        "$SONIC_TORCH_FROM/bin/python" "$ROOT/scripts/share_torch.py" "$BUILD/shared-torch" "$site" \
+            || die "cannot share the torch stack of $SONIC_TORCH_FROM"
+        stamp_set torch "$key"
+    fi
+elif ! stamp_ok torch "$key"; then
+    say "installing torch, torchvision, torchaudio (pinned; about 7 GB with CUDA, a few minutes)"
     pip_or_die install -q -c "$CONSTRAINTS" torch torchvision torchaudio
     stamp_set torch "$key"
 fi
