@@ -45,7 +45,7 @@ def load_unet(fs, dtype=None, device=None):
     import comfy.sd
 
     opts = {"dtype": dtype} if dtype is not None else {}
-    model, *_ = comfy.sd.load_checkpoint_guess_config(str(fs.full_checkpoint(clip=False, vae=False)),
+    model, *_ = comfy.sd.load_checkpoint_guess_config(str(fs.full_checkpoint()),
                                                       output_vae=False, output_clip=False, model_options=opts)
     return model
 

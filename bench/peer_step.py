@@ -30,9 +30,10 @@ def reference_unet(fs, tokens):
     from sonic_diffusion.safe_load import load_weights_file
     from test_adapter_exactness import _install_reference_adapters
 
-    sd = comfy.utils.load_torch_file(str(fs.full_checkpoint(clip=False, vae=False)))
+    sd = comfy.utils.load_torch_file(str(fs.full_checkpoint()))
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items()}, dict(unet.config))
+    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")},
+                                           dict(unet.config))
     plain = copy.deepcopy(unet)
     plain.load_state_dict(converted, strict=True)
     _install_reference_adapters(unet, tokens)

@@ -53,7 +53,7 @@ def stand_in_models(base):
 
     fs = FixtureSet(comfy_host.BUILD / "fixtures")
     files = {
-        ("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"): fs.full_checkpoint(clip=True, vae=True),
+        ("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"): fs.full_checkpoint(),
         ("audio_encoders", "CLAP_weights_2022.pth"): fs.clap(),
         ("sonic_diffusion", "landscape.pt"): fs.gates(),
         ("sonic_diffusion", "audio_projector_landscape.pth"): fs.projector(),

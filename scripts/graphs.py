@@ -5,7 +5,7 @@ def link_audio_graph_files(host, fs, audio_a, audio_b=None):
     """Links the generated stand-ins the audio graph needs into the host's folders and
     returns the names audio_graph() takes."""
     names = {
-        "ckpt": host.link_model("checkpoints", fs.full_checkpoint(clip=True, vae=True)),
+        "ckpt": host.link_model("checkpoints", fs.full_checkpoint()),
         "gates": host.link_model("sonic_diffusion", fs.gates()),
         "proj": host.link_model("sonic_diffusion", fs.projector()),
         "clap": host.link_model("audio_encoders", fs.clap()),

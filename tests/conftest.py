@@ -91,5 +91,5 @@ def comfy_model(fixture_dir):
     """The stand-in SD1.5 MODEL (full UNet topology, no CLIP or VAE), loaded as a checkpoint."""
     import comfy.sd
 
-    path = fixture_dir.full_checkpoint(clip=False, vae=False)
+    path = fixture_dir.full_checkpoint()
     return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]

@@ -24,7 +24,7 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def comfy_model(fixture_dir):
-    path = fixture_dir.full_checkpoint(clip=False, vae=False)
+    path = fixture_dir.full_checkpoint()
     model, *_ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)
     assert model.model.diffusion_model.dtype == torch.float32
     return model
@@ -59,9 +59,10 @@ def reference_unet(fixture_dir):
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    sd = comfy.utils.load_torch_file(str(fixture_dir.full_checkpoint(clip=False, vae=False)))
+    sd = comfy.utils.load_torch_file(str(fixture_dir.full_checkpoint()))
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items()}, dict(unet.config))
+    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")},
+                                           dict(unet.config))
     tokens = {"tokens": None}
     assert _install_reference_adapters(unet, tokens) == 10
     gates, _ = load_weights_file(fixture_dir.gates())

@@ -22,7 +22,7 @@ TERM_RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def sd15(host, fixture_dir):
-    name = host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True))
+    name = host.link_model("checkpoints", fixture_dir.full_checkpoint())
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
     pos = nodes.CLIPTextEncode().encode(clip, "a quiet lake")[0]
     neg = nodes.CLIPTextEncode().encode(clip, "")[0]

@@ -62,7 +62,7 @@ def sd15(fixture_dir):
     """The stand-in SD1.5 MODEL, loaded on the CPU before any faking (module scope)."""
     import comfy.sd
 
-    model, *_ = comfy.sd.load_checkpoint_guess_config(str(fixture_dir.full_checkpoint(clip=False, vae=False)),
+    model, *_ = comfy.sd.load_checkpoint_guess_config(str(fixture_dir.full_checkpoint()),
                                                       output_vae=False, output_clip=False)
     return model
 

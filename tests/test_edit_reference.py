@@ -18,7 +18,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def reference(fixture_dir, parts):
     gates, _ = load_weights_file(fixture_dir.gates())
-    return edit_reference.build_unet(fixture_dir.full_checkpoint(clip=True, vae=True), gates)
+    return edit_reference.build_unet(fixture_dir.full_checkpoint(), gates)
 
 
 @pytest.fixture(scope="module")

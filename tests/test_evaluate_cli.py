@@ -194,7 +194,7 @@ def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_di
     args = ["--generated", str(gen), "--audio", str(data / "audio"), "--reference", str(data / "ref"),
             "--labels", str(data / "labels.csv"), "--models-dir", str(models["clip_b32"].parent),
             "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--audio-seconds", "1", "--generate",
-            "--checkpoint", str(fixture_dir.full_checkpoint(clip=True, vae=True)),
+            "--checkpoint", str(fixture_dir.full_checkpoint()),
             "--adapter", str(fixture_dir.gates()), "--projector", str(fixture_dir.projector()),
             "--clap", str(fixture_dir.clap()), "--steps", "1", "--width", "64", "--height", "64"]
     assert main(args) == 0
@@ -208,7 +208,7 @@ def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_di
     # Each image is exactly what the pack's graph renders for its audio and recorded seed.
     from sonic_diffusion.graphs import audio_to_image
 
-    files = [host.link_model(k, p) for k, p in (("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
+    files = [host.link_model(k, p) for k, p in (("checkpoints", fixture_dir.full_checkpoint()),
                                                 ("audio_encoders", fixture_dir.clap()),
                                                 ("sonic_diffusion", fixture_dir.gates()),
                                                 ("sonic_diffusion", fixture_dir.projector()))]
@@ -240,7 +240,7 @@ def test_generate_removes_the_host_folder_it_made(fixture_dir, dataset, tmp_path
     monkeypatch.setattr(gen_module, "_booted", lambda: False)
     monkeypatch.setattr(host_module, "boot_in_process", lambda base, **k: bases.append(base))
     out = gen_module.generate([dataset / "audio" / "clip00.wav"], tmp_path / "gen",
-                              fixture_dir.full_checkpoint(clip=True, vae=True), fixture_dir.gates(),
+                              fixture_dir.full_checkpoint(), fixture_dir.gates(),
                               fixture_dir.clap(), projector=fixture_dir.projector(), steps=1, width=64, height=64,
                               progress=False)
     assert out == {"rendered": 1, "kept": 0}

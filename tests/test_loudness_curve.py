@@ -110,7 +110,7 @@ def test_curve_in_half_precision(host, fixture_dir, adapter, half):
     the curve-less output, 0 bitwise the unpatched UNet for that latent."""
     from test_precision import HALF, load_checkpoint
 
-    model = load_checkpoint(host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True)),
+    model = load_checkpoint(host.link_model("checkpoints", fixture_dir.full_checkpoint()),
                            HALF[half])
     x, t, ctx, e = (v.to(HALF[half]) if v.is_floating_point() else v for v in _inputs())
     plain = _run(model, x, t, ctx)

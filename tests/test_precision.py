@@ -61,7 +61,7 @@ def load_checkpoint(name, dtype):
 
 @pytest.fixture(scope="module")
 def ckpt_name(host, fixture_dir):
-    return host.link_model("checkpoints", fixture_dir.full_checkpoint(clip=True, vae=True))
+    return host.link_model("checkpoints", fixture_dir.full_checkpoint())
 
 
 # --- the plain formula, test side ------------------------------------------------------------

@@ -21,7 +21,7 @@ BUNDLED = "bundled (from the adapter file)"
 
 @pytest.fixture(scope="module")
 def sd(fixture_dir):
-    path = fixture_dir.full_checkpoint(clip=True, vae=True)
+    path = fixture_dir.full_checkpoint()
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
     return path, (model, clip, vae)
 

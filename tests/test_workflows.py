@@ -19,7 +19,7 @@ from sonic_diffusion import examples
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # Which generated stand-in plays each model file the workflows name.
 STAND_INS = {
-    "v1-5-pruned-emaonly-fp16.safetensors": lambda fs: fs.full_checkpoint(clip=True, vae=True),
+    "v1-5-pruned-emaonly-fp16.safetensors": lambda fs: fs.full_checkpoint(),
     "CLAP_weights_2022.pth": lambda fs: fs.clap(),
     "landscape.pt": lambda fs: fs.gates(),
     "audio_projector_landscape.pth": lambda fs: fs.projector(),
