@@ -143,6 +143,6 @@ if [ "$before" != "$after" ]; then
     summary+=("checkout           changed by the tests")
     failed=1
 fi
-say "summary (total $((SECONDS - t0)) s):"
+say "summary (total $((SECONDS - t0)) s; $(df -Ph "$BUILD" | awk 'NR == 2 {print $4}') of disk left):"
 for line in "${summary[@]+"${summary[@]}"}"; do say "  $line"; done
 exit $failed
