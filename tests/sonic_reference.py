@@ -159,3 +159,23 @@ def unet_call(model, x, t, ctx, chunks=(1, 0)):
     to["sigmas"] = t.float()
     with torch.no_grad():
         return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+
+
+def unet_inputs(rows, seed=0, audios=1):
+    """Random UNet inputs for `rows` rows of 16x16 latents at timestep 421, and `audios`
+    unit-length audio embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, 16, 16, generator=g)
+    ctx = torch.randn(rows, 77, 768, generator=g)
+    t = torch.full((rows,), 421, dtype=torch.long)
+    e = F.normalize(torch.randn(audios, 1024, generator=g), dim=-1)
+    return x, t, ctx, e
+
+
+def apply_adapter(model, adapter, embeds, **inputs):
+    """Apply Sonic Adapter as a graph runs it: strength 1 over all steps unless given."""
+    import nodes
+
+    args = {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, **inputs}
+    node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
+    return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, **args).result[0]

@@ -13,11 +13,11 @@ import torch.nn as nn
 
 import comfy.sd
 import comfy.utils
-import nodes
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.safe_load import load_weights_file
-from sonic_reference import sonic_patches, spy_patch_calls, with_plain_reference
+from sonic_reference import (apply_adapter, sonic_patches, spy_patch_calls, unet_call, unet_inputs,
+                             with_plain_reference)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -71,39 +71,16 @@ def reference_unet(fixture_dir):
     return unet.eval(), tokens
 
 
-def _run_comfy(model, x, t, ctx, chunks, count=False):
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = chunks
-    to["sigmas"] = t.float()
-    with torch.no_grad():
-        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
-
-
-def _inputs(batch, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 4, 16, 16, generator=g)
-    ctx = torch.randn(batch, 77, 768, generator=g)
-    t = torch.full((batch,), 421, dtype=torch.long)
-    e = torch.nn.functional.normalize(torch.randn(batch, 1024, generator=g), dim=-1)
-    return x, t, ctx, e
-
-
-def _apply(model, adapter, embeds, strength=1.0, start=0.0, end=1.0, negative=None):
-    node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
-    return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, strength=strength,
-                        start_percent=start, end_percent=end, negative_audio_embeds=negative).result[0]
-
-
 def test_patched_unet_matches_diffusers_reference(comfy_model, adapter, reference_unet):
     unet, tokens = reference_unet
-    x, t, ctx, e = _inputs(2)
+    x, t, ctx, e = unet_inputs(2, audios=2)
     with torch.no_grad():
         base_ref = None
         tokens["tokens"] = adapter.project(e)
         ref = unet(x, t, encoder_hidden_states=ctx).sample
-        patched = _apply(comfy_model, adapter, e)
-        ours = _run_comfy(patched, x, t, ctx, [0])
-        plain = _run_comfy(comfy_model, x, t, ctx, [0])
+        patched = apply_adapter(comfy_model, adapter, e)
+        ours = unet_call(patched, x, t, ctx, [0])
+        plain = unet_call(comfy_model, x, t, ctx, [0])
     scale = ref.abs().max()
     # The adapter must matter at this scale, or the comparison proves nothing.
     assert (ours - plain).abs().max() > 20 * 1e-4 * scale
@@ -113,11 +90,11 @@ def test_patched_unet_matches_diffusers_reference(comfy_model, adapter, referenc
 
 def test_cond_and_uncond_chunks_get_audio_and_null_audio(comfy_model, adapter, reference_unet):
     unet, tokens = reference_unet
-    x, t, ctx, e = _inputs(1, seed=3)
-    patched = _apply(comfy_model, adapter, e)
+    x, t, ctx, e = unet_inputs(1, seed=3)
+    patched = apply_adapter(comfy_model, adapter, e)
     with torch.no_grad():
         # ComfyUI batches [uncond, cond] as cond_or_uncond = [1, 0].
-        ours = _run_comfy(patched, torch.cat([x, x]), torch.cat([t, t]), torch.cat([ctx, ctx]), [1, 0])
+        ours = unet_call(patched, torch.cat([x, x]), torch.cat([t, t]), torch.cat([ctx, ctx]), [1, 0])
         tokens["tokens"] = adapter.null_tokens()
         ref_uncond = unet(x, t, encoder_hidden_states=ctx).sample
         tokens["tokens"] = adapter.project(e)
@@ -132,10 +109,10 @@ _patch_of = sonic_patches
 
 def test_patch_fires_once_per_block_per_call(comfy_model, adapter, monkeypatch):
     """Observed from outside: a spy on the patch records which calls changed n."""
-    x, t, ctx, e = _inputs(1)
-    patched = _apply(comfy_model, adapter, e)
+    x, t, ctx, e = unet_inputs(1)
+    patched = apply_adapter(comfy_model, adapter, e)
     with spy_patch_calls(monkeypatch) as calls:
-        _run_comfy(patched, x, t, ctx, [0])
+        unet_call(patched, x, t, ctx, [0])
     acted = {}
     for _, block, n_in, n_out, _ in calls:
         if not torch.equal(n_in, n_out):
@@ -146,63 +123,63 @@ def test_patch_fires_once_per_block_per_call(comfy_model, adapter, monkeypatch):
 
 
 def test_strength_zero_and_outside_window_are_bitwise_noops(comfy_model, adapter):
-    x, t, ctx, e = _inputs(2, seed=5)
-    plain = _run_comfy(comfy_model, x, t, ctx, [0])
-    zero = _run_comfy(_apply(comfy_model, adapter, e, strength=0.0), x, t, ctx, [0])
+    x, t, ctx, e = unet_inputs(2, seed=5, audios=2)
+    plain = unet_call(comfy_model, x, t, ctx, [0])
+    zero = unet_call(apply_adapter(comfy_model, adapter, e, strength=0.0), x, t, ctx, [0])
     assert torch.equal(zero, plain)
     # t = 421 is mid-schedule: a window over the last 10% of sampling excludes it.
-    late = _apply(comfy_model, adapter, e, start=0.9, end=1.0)
-    assert torch.equal(_run_comfy(late, x, t, ctx, [0]), plain)
-    early = _apply(comfy_model, adapter, e, start=0.0, end=0.9)
-    assert not torch.equal(_run_comfy(early, x, t, ctx, [0]), plain)
+    late = apply_adapter(comfy_model, adapter, e, start_percent=0.9, end_percent=1.0)
+    assert torch.equal(unet_call(late, x, t, ctx, [0]), plain)
+    early = apply_adapter(comfy_model, adapter, e, start_percent=0.0, end_percent=0.9)
+    assert not torch.equal(unet_call(early, x, t, ctx, [0]), plain)
 
 
 def test_input_model_is_never_modified(comfy_model, adapter):
-    x, t, ctx, e = _inputs(1, seed=7)
-    before = _run_comfy(comfy_model, x, t, ctx, [0])
+    x, t, ctx, e = unet_inputs(1, seed=7)
+    before = unet_call(comfy_model, x, t, ctx, [0])
     options_before = copy.deepcopy(comfy_model.model_options)
-    patched = _apply(comfy_model, adapter, e)
-    _run_comfy(patched, x, t, ctx, [0])
+    patched = apply_adapter(comfy_model, adapter, e)
+    unet_call(patched, x, t, ctx, [0])
     assert comfy_model.model_options == options_before
     assert "patches" not in comfy_model.model_options["transformer_options"]
-    assert torch.equal(_run_comfy(comfy_model, x, t, ctx, [0]), before)
+    assert torch.equal(unet_call(comfy_model, x, t, ctx, [0]), before)
 
 
 def test_fast_path_matches_plain_formula(comfy_model, adapter):
     """The cached path (keys/values once per sampling, folded projections for the wide
     blocks) against the plain formula (tests/sonic_reference.py), within 1e-4 in fp32."""
-    x, t, ctx, e = _inputs(2, seed=9)
+    x, t, ctx, e = unet_inputs(2, seed=9, audios=2)
     for embeds in (e, e[:1]):
-        patched = _apply(comfy_model, adapter, embeds)
-        fast = _run_comfy(patched, x, t, ctx, [0])
-        plain = _run_comfy(with_plain_reference(patched), x, t, ctx, [0])
+        patched = apply_adapter(comfy_model, adapter, embeds)
+        fast = unet_call(patched, x, t, ctx, [0])
+        plain = unet_call(with_plain_reference(patched), x, t, ctx, [0])
         torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * max(1.0, float(plain.abs().max())))
 
 
 def test_stacked_adapters_add_two_terms(comfy_model, adapter):
-    x, t, ctx, e = _inputs(1, seed=11)
-    once = _apply(comfy_model, adapter, e)
-    twice = _apply(once, adapter, e)
+    x, t, ctx, e = unet_inputs(1, seed=11)
+    once = apply_adapter(comfy_model, adapter, e)
+    twice = apply_adapter(once, adapter, e)
     assert len(_patch_of(twice)) == 2 and len(_patch_of(once)) == 1
-    assert not torch.equal(_run_comfy(twice, x, t, ctx, [0]), _run_comfy(once, x, t, ctx, [0]))
+    assert not torch.equal(unet_call(twice, x, t, ctx, [0]), unet_call(once, x, t, ctx, [0]))
 
 
 def test_wrong_batch_count_is_a_clear_error(comfy_model, adapter):
-    x, t, ctx, e = _inputs(3, seed=13)
-    patched = _apply(comfy_model, adapter, e[:2])
+    x, t, ctx, e = unet_inputs(3, seed=13, audios=3)
+    patched = apply_adapter(comfy_model, adapter, e[:2])
     with pytest.raises(ValueError, match="2 audio embeddings for a batch of 3 latents"):
-        _run_comfy(patched, x, t, ctx, [0])
+        unet_call(patched, x, t, ctx, [0])
 
 
 def test_negative_strength_negates_the_term(comfy_model, adapter, monkeypatch):
     """strength -f adds exactly minus the term of +f (checked at the middle block, the
     first site, where both runs see the same stream), and the whole UNet matches the
     plain formula at a negative strength."""
-    x, t, ctx, e = _inputs(1, seed=15)
+    x, t, ctx, e = unet_inputs(1, seed=15)
     terms = {}
     for strength in (1.5, -1.5):
         with spy_patch_calls(monkeypatch) as calls:
-            _run_comfy(_apply(comfy_model, adapter, e, strength=strength), x, t, ctx, [0])
+            unet_call(apply_adapter(comfy_model, adapter, e, strength=strength), x, t, ctx, [0])
         _, _, n_in, n_out, _ = next(c for c in calls if c[1] == ("middle", 0))
         terms[strength] = (n_in, n_out - n_in)
     assert torch.equal(terms[1.5][0], terms[-1.5][0])  # same stream in
@@ -211,22 +188,22 @@ def test_negative_strength_negates_the_term(comfy_model, adapter, monkeypatch):
     torch.testing.assert_close(terms[-1.5][1], -terms[1.5][1], rtol=0,
                                atol=1e-6 * float(terms[1.5][0].abs().max()))
     assert terms[1.5][1].abs().max() > 1e-3
-    patched = _apply(comfy_model, adapter, e, strength=-1.5)
-    fast = _run_comfy(patched, x, t, ctx, [0])
-    plain = _run_comfy(with_plain_reference(patched), x, t, ctx, [0])
+    patched = apply_adapter(comfy_model, adapter, e, strength=-1.5)
+    fast = unet_call(patched, x, t, ctx, [0])
+    plain = unet_call(with_plain_reference(patched), x, t, ctx, [0])
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * max(1.0, float(plain.abs().max())))
 
 
 def test_negative_audio_embeds_go_to_the_uncond_rows(comfy_model, adapter):
     """With negative_audio_embeds, the uncond rows use that audio (as the cond rows of a
     run with it as audio_embeds would); without, the null audio."""
-    x, t, ctx, e = _inputs(2, seed=17)
+    x, t, ctx, e = unet_inputs(2, seed=17, audios=2)
     pos, neg = e[:1], e[1:]
     x1, t1, c1 = x[:1], t[:1], ctx[:1]
     batch = (torch.cat([x1, x1]), torch.cat([t1, t1]), torch.cat([c1, c1]))
-    with_neg = _run_comfy(_apply(comfy_model, adapter, pos, negative=neg), *batch, [1, 0])
-    as_cond = _run_comfy(_apply(comfy_model, adapter, neg), x1, t1, c1, [0])
-    with_null = _run_comfy(_apply(comfy_model, adapter, pos), *batch, [1, 0])
+    with_neg = unet_call(apply_adapter(comfy_model, adapter, pos, negative_audio_embeds=neg), *batch, [1, 0])
+    as_cond = unet_call(apply_adapter(comfy_model, adapter, neg), x1, t1, c1, [0])
+    with_null = unet_call(apply_adapter(comfy_model, adapter, pos), *batch, [1, 0])
     diff = float((with_neg[:1] - as_cond).abs().max())
     print(f"uncond rows with negative audio vs a cond run with it: {diff:.2e}")
     # Measured 3.7e-6 (batched vs single kernels, |output| ~ 1); bound 1e-5 x max(1, |output|).

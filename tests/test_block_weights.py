@@ -5,67 +5,47 @@ plain formula, bad lists and non-finite floats get a clear error naming the node
 import pytest
 import torch
 
-import nodes
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCK_PRESETS, parse_block_weights
-from sonic_reference import spy_patch_calls, unet_call, with_plain_reference
+from sonic_reference import apply_adapter, spy_patch_calls, unet_call, unet_inputs, with_plain_reference
 
 APPLY = "SonicApplyAdapter"
 
 
-def _inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 16, 16, generator=g)
-    ctx = torch.randn(2, 77, 768, generator=g)
-    t = torch.full((2,), 421, dtype=torch.long)
-    e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    return x, t, ctx, e
-
-
-def _apply(model, adapter, e, **kw):
-    args = dict(strength=1.0, start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return nodes.NODE_CLASS_MAPPINGS[APPLY].execute(model=model, sonic_adapter=adapter, audio_embeds=e, **args).result[0]
-
-
-def _run(model, x, t, ctx):
-    return unet_call(model, x, t, ctx)
-
-
 def test_all_ones_is_todays_output(comfy_model, adapter):
-    x, t, ctx, e = _inputs(1)
-    today = _run(_apply(comfy_model, adapter, e), x, t, ctx)
-    assert torch.equal(_run(_apply(comfy_model, adapter, e, block_preset="all"), x, t, ctx), today)
+    x, t, ctx, e = unet_inputs(2, seed=1)
+    today = unet_call(apply_adapter(comfy_model, adapter, e), x, t, ctx)
+    assert torch.equal(unet_call(apply_adapter(comfy_model, adapter, e, block_preset="all"), x, t, ctx), today)
     ones = ", ".join(["1"] * 10)
-    assert torch.equal(_run(_apply(comfy_model, adapter, e, block_weights=ones), x, t, ctx), today)
+    assert torch.equal(unet_call(apply_adapter(comfy_model, adapter, e, block_weights=ones), x, t, ctx), today)
 
 
 def test_zero_weight_sites_are_exact_noops(comfy_model, adapter, monkeypatch):
     """At a site weighted 0 the block's attn2 output leaves the patch bitwise unchanged;
     every other site acts. All zeros equals the unpatched UNet bitwise."""
-    x, t, ctx, e = _inputs(2)
+    x, t, ctx, e = unet_inputs(2, seed=2)
     weights = (1.0, 0.0, 0.5, 1.0, 0.0, 2.0, 1.0, 0.0, 1.0, 0.0)
-    patched = _apply(comfy_model, adapter, e, block_weights=" ".join(map(str, weights)))
+    patched = apply_adapter(comfy_model, adapter, e, block_weights=" ".join(map(str, weights)))
     with spy_patch_calls(monkeypatch) as calls:
-        _run(patched, x, t, ctx)
+        unet_call(patched, x, t, ctx)
     acted = {key: not torch.equal(n_in, n_out) for _, key, n_in, n_out, _ in calls}
     assert acted == {**acted, **{b.comfy_block: w != 0.0 for b, w in zip(ADAPTER_BLOCKS, weights)}}
     assert all(not v for k, v in acted.items() if k not in {b.comfy_block for b in ADAPTER_BLOCKS})
-    zeros = _apply(comfy_model, adapter, e, block_weights="0 " * 10)
-    assert torch.equal(_run(zeros, x, t, ctx), _run(comfy_model, x, t, ctx))
+    zeros = apply_adapter(comfy_model, adapter, e, block_weights="0 " * 10)
+    assert torch.equal(unet_call(zeros, x, t, ctx), unet_call(comfy_model, x, t, ctx))
 
 
 def test_weighted_fast_path_matches_plain_formula(comfy_model, adapter):
     """The weights fold into the output projection with strength and gate; the result
     matches the plain formula with each site's factor, at the 1e-4 bound of the
     unweighted fast-path test (tests/test_adapter_exactness.py)."""
-    x, t, ctx, e = _inputs(3)
+    x, t, ctx, e = unet_inputs(2, seed=3)
     for preset in ("coarse (output 3-5)", "fine (output 9-11)"):
-        patched = _apply(comfy_model, adapter, e, block_preset=preset, strength=1.5)
-        fast = _run(patched, x, t, ctx)
-        plain = _run(with_plain_reference(patched), x, t, ctx)
+        patched = apply_adapter(comfy_model, adapter, e, block_preset=preset, strength=1.5)
+        fast = unet_call(patched, x, t, ctx)
+        plain = unet_call(with_plain_reference(patched), x, t, ctx)
         torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * max(1.0, float(plain.abs().max())))
-        assert not torch.equal(fast, _run(comfy_model, x, t, ctx))
+        assert not torch.equal(fast, unet_call(comfy_model, x, t, ctx))
 
 
 def test_presets_name_the_sites_they_enable():
@@ -88,14 +68,14 @@ def test_presets_name_the_sites_they_enable():
 ])
 def test_malformed_weights_name_the_node(text, message):
     with pytest.raises(ValueError, match=f"Apply Sonic Adapter: .*{message}.*block_preset"):
-        _apply(None, None, None, block_weights=text)
+        apply_adapter(None, None, None, block_weights=text)
 
 
 @pytest.mark.parametrize("name", ["strength", "start_percent", "end_percent"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_floats_are_refused(name, value):
     with pytest.raises(ValueError, match=f"Apply Sonic Adapter: input '{name}' is {value}"):
-        _apply(None, None, None, **{name: value})
+        apply_adapter(None, None, None, **{name: value})
 
 
 def test_workflows_saved_before_block_weights_still_convert():

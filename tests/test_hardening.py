@@ -270,7 +270,7 @@ def test_batch_mapping_rule_holds_for_any_sizes(embeds, latents):
 
 def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names):  # noqa: F811
 
-    from test_adapter_exactness import _inputs, _run_comfy
+    from sonic_reference import unet_call, unet_inputs
 
     host.new_executor()
     rss = []
@@ -284,11 +284,11 @@ def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names
         if seed == 0:
             base = run.outputs("ckpt")[0]
             patch_lists = base.model_options["transformer_options"].get("patches", {})
-            x, t, ctx, _ = _inputs(1)
-            reference = _run_comfy(base, x, t, ctx, [0])
+            x, t, ctx, _ = unet_inputs(1)
+            reference = unet_call(base, x, t, ctx, [0])
     base = run.outputs("ckpt")[0]
     assert base.model_options["transformer_options"].get("patches", {}) == patch_lists == {}
-    assert torch.equal(_run_comfy(base, x, t, ctx, [0]), reference)
+    assert torch.equal(unet_call(base, x, t, ctx, [0]), reference)
     patched = run.outputs("apply")[0]
     assert len(patched.model_options["transformer_options"]["patches"]["attn2_output_patch"]) == 1
     growth = max(rss[5:]) - rss[5]

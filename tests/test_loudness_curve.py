@@ -11,7 +11,7 @@ import nodes
 
 from sonic_diffusion.animation import frame_count, frame_loudness_db, loudness_strengths
 from sonic_diffusion.patch import AudioBatchError
-from sonic_reference import unet_call
+from sonic_reference import apply_adapter, unet_call, unet_inputs
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
 CURVE = nodes.NODE_CLASS_MAPPINGS["SonicLoudnessCurve"]
@@ -53,32 +53,13 @@ def test_curve_node_errors_name_the_node(kw, match):
         CURVE.execute(**{**args, **kw})
 
 
-def _inputs(seed=3):
-    """Two latents: rows [uncond 0, uncond 1, cond 0, cond 1]."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, 4, 16, 16, generator=g)
-    ctx = torch.randn(4, 77, 768, generator=g)
-    t = torch.full((4,), 421, dtype=torch.long)
-    e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    return x, t, ctx, e
-
-
-def _apply(model, adapter, e, strength=1.0, curve=None):
-    return APPLY.execute(model=model, sonic_adapter=adapter, audio_embeds=e, strength=strength, start_percent=0.0,
-                         end_percent=1.0, strength_curve=curve).result[0]
-
-
-def _run(model, x, t, ctx):
-    return unet_call(model, x, t, ctx)
-
-
 def test_curve_factors_act_per_latent(comfy_model, adapter):
-    x, t, ctx, e = _inputs()
-    plain = _run(comfy_model, x, t, ctx)
-    full = _run(_apply(comfy_model, adapter, e), x, t, ctx)
+    x, t, ctx, e = unet_inputs(4, seed=3)
+    plain = unet_call(comfy_model, x, t, ctx)
+    full = unet_call(apply_adapter(comfy_model, adapter, e), x, t, ctx)
     assert not torch.equal(full, plain)
-    assert torch.equal(_run(_apply(comfy_model, adapter, e, curve=torch.ones(2)), x, t, ctx), full)
-    off_first = _run(_apply(comfy_model, adapter, e, curve=torch.tensor([0.0, 1.0])), x, t, ctx)
+    assert torch.equal(unet_call(apply_adapter(comfy_model, adapter, e, strength_curve=torch.ones(2)), x, t, ctx), full)
+    off_first = unet_call(apply_adapter(comfy_model, adapter, e, strength_curve=torch.tensor([0.0, 1.0])), x, t, ctx)
     latent0, latent1 = [0, 2], [1, 3]  # the uncond and cond rows of each latent
     assert torch.equal(off_first[latent0], plain[latent0])
     assert torch.equal(off_first[latent1], full[latent1])
@@ -86,21 +67,21 @@ def test_curve_factors_act_per_latent(comfy_model, adapter):
     # output weights, so they differ by rounding only. Measured (relative to the output
     # scale): 1.3e-6 at 0.3 and 1.3e-6 at 1.7; bound 1e-5. The factor's own effect measured
     # 4.0e-3 (0.3) and 4.9e-3 (1.7) on these stand-in weights: required > 1e-3, 100x the bound.
-    scaled = _run(_apply(comfy_model, adapter, e, curve=torch.tensor([0.3, 1.7])), x, t, ctx)
+    scaled = unet_call(apply_adapter(comfy_model, adapter, e, strength_curve=torch.tensor([0.3, 1.7])), x, t, ctx)
     scale = float(full.abs().max())
     for rows, strength in ((latent0, 0.3), (latent1, 1.7)):
-        ref = _run(_apply(comfy_model, adapter, e, strength=strength), x, t, ctx)
+        ref = unet_call(apply_adapter(comfy_model, adapter, e, strength=strength), x, t, ctx)
         assert float((scaled[rows] - ref[rows]).abs().max()) <= 1e-5 * scale
         assert float((ref[rows] - full[rows]).abs().max()) > 1e-3 * scale  # the factor matters
 
 
 def test_curve_of_the_wrong_length_or_with_nan_is_refused(comfy_model, adapter):
-    x, t, ctx, e = _inputs()
-    patched = _apply(comfy_model, adapter, e, curve=torch.ones(3))
+    x, t, ctx, e = unet_inputs(4, seed=3)
+    patched = apply_adapter(comfy_model, adapter, e, strength_curve=torch.ones(3))
     with pytest.raises(AudioBatchError, match=r"Apply Sonic Adapter: a strength curve of 3 values for a batch of 2"):
-        _run(patched, x, t, ctx)
+        unet_call(patched, x, t, ctx)
     with pytest.raises(Exception, match=r"Apply Sonic Adapter: strength_curve holds NaN"):
-        _apply(comfy_model, adapter, e, curve=torch.tensor([1.0, float("nan")]))
+        apply_adapter(comfy_model, adapter, e, strength_curve=torch.tensor([1.0, float("nan")]))
 
 
 @pytest.mark.parametrize("half", ["fp16", "bf16"])
@@ -112,11 +93,11 @@ def test_curve_in_half_precision(host, fixture_dir, adapter, half):
 
     model = load_checkpoint(host.link_model("checkpoints", fixture_dir.full_checkpoint()),
                            HALF[half])
-    x, t, ctx, e = (v.to(HALF[half]) if v.is_floating_point() else v for v in _inputs())
-    plain = _run(model, x, t, ctx)
-    full = _run(_apply(model, adapter, e.float()), x, t, ctx)
+    x, t, ctx, e = (v.to(HALF[half]) if v.is_floating_point() else v for v in unet_inputs(4, seed=3))
+    plain = unet_call(model, x, t, ctx)
+    full = unet_call(apply_adapter(model, adapter, e.float()), x, t, ctx)
     assert full.dtype == HALF[half] and not torch.equal(full, plain)
-    assert torch.equal(_run(_apply(model, adapter, e.float(), curve=torch.ones(2)), x, t, ctx), full)
-    off_first = _run(_apply(model, adapter, e.float(), curve=torch.tensor([0.0, 1.0])), x, t, ctx)
+    assert torch.equal(unet_call(apply_adapter(model, adapter, e.float(), strength_curve=torch.ones(2)), x, t, ctx), full)
+    off_first = unet_call(apply_adapter(model, adapter, e.float(), strength_curve=torch.tensor([0.0, 1.0])), x, t, ctx)
     assert torch.equal(off_first[[0, 2]], plain[[0, 2]])
     assert torch.equal(off_first[[1, 3]], full[[1, 3]])
