@@ -6,11 +6,8 @@ downloaded here), so the images are noise-like. Point --models at a ComfyUI
 models folder holding the real files (see weights/README.md) to get real images.
 """
 import argparse
-import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,25 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_host  # noqa: E402
+from comfy_server import ComfyServer, ServerError  # noqa: E402
 import workflow_tools  # noqa: E402
 
 ROOT = comfy_host.ROOT
 WORKFLOW = ROOT / "workflows" / "sonic_audio_to_image.json"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(port, path, data=None, timeout=30):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if data is not None else "GET",
-                                 data=json.dumps(data).encode() if data is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        body = r.read()
-    return body if path.startswith("/view") else json.loads(body)
 
 
 def stand_in_models(base):
@@ -124,34 +107,22 @@ def prepare(args, base):
     return extra
 
 
-def wait_for_server(server, port):
-    print(f"[demo] ComfyUI server starting on 127.0.0.1:{port}")
-    for _ in range(240):
-        try:
-            object_info = http(port, "/object_info")
-            break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if server.poll() is not None:
-                sys.exit("[demo] the server exited")
-            time.sleep(0.5)
-    else:
-        sys.exit("[demo] the server did not come up in 120 s")
+def check_registered(object_info):
     missing = [n for n in ("SonicApplyAdapter", "SonicAudioEncode") if n not in object_info]
     if missing:
         sys.exit(f"[demo] the pack's nodes are not registered ({missing})")
-    return object_info
 
 
-def queue_and_wait(server, port, prompt, args):
+def queue_and_wait(server, prompt, args):
     """Queues the prompt and returns its history entry once it has finished."""
     try:
-        answer = http(port, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        answer = server.get_json("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
     except urllib.error.HTTPError as e:
         sys.exit(f"[demo] the server refused the workflow: {e.read().decode()[:2000]}")
     pid = answer["prompt_id"]
     print(f"[demo] queued {WORKFLOW.name} as {pid}; sampling {args.steps} steps at {args.size}x{args.size} on the CPU")
     while True:
-        hist = http(port, f"/history/{pid}")
+        hist = server.get_json(f"/history/{pid}")
         if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
             entry = hist[pid]
             if entry["status"].get("status_str") == "error":
@@ -159,18 +130,18 @@ def queue_and_wait(server, port, prompt, args):
                 sys.exit(f"[demo] the workflow failed: {msgs[0][1].get('exception_message') if msgs else entry}")
             if entry.get("outputs"):
                 return entry
-        if server.poll() is not None:
+        if not server.alive():
             sys.exit("[demo] the server died")
         time.sleep(1.0)
 
 
-def save_images(port, entry, out):
+def save_images(server, entry, out):
     saved = []
     for node_out in entry["outputs"].values():
         for img in node_out.get("images", []):
             q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img["subfolder"], "type": img["type"]})
             dest = out / img["filename"]
-            dest.write_bytes(http(port, f"/view?{q}"))
+            dest.write_bytes(server.request(f"/view?{q}"))
             saved.append(dest)
     return saved
 
@@ -185,35 +156,29 @@ REAL_WEIGHTS_HINT = (
 
 def run(args, base):
     extra = prepare(args, base)
-    port = free_port()
-    log = open(base / "server.log", "w")
     failed = True
-    server = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra],
-        cwd=comfy_host.HOST, stdout=log, stderr=subprocess.STDOUT)
+    print("[demo] starting the ComfyUI server on 127.0.0.1")
     try:
-        workflow_tools.use_object_info(wait_for_server(server, port))
-        prompt = workflow_tools.ui_to_api(workflow_tools.load(WORKFLOW))
-        for node in prompt.values():
-            if node["class_type"] == "EmptyLatentImage":
-                node["inputs"].update(width=args.size, height=args.size)
-            if node["class_type"] == "KSampler":
-                node["inputs"].update(steps=args.steps, seed=args.seed)
-        t0 = time.time()
-        entry = queue_and_wait(server, port, prompt, args)
-        saved = save_images(port, entry, run_folder(args.out))
-        print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
-        if not args.models:
-            print(REAL_WEIGHTS_HINT)
+        with ComfyServer(base, extra) as server:
+            check_registered(server.object_info)
+            workflow_tools.use_object_info(server.object_info)
+            prompt = workflow_tools.ui_to_api(workflow_tools.load(WORKFLOW))
+            for node in prompt.values():
+                if node["class_type"] == "EmptyLatentImage":
+                    node["inputs"].update(width=args.size, height=args.size)
+                if node["class_type"] == "KSampler":
+                    node["inputs"].update(steps=args.steps, seed=args.seed)
+            t0 = time.time()
+            entry = queue_and_wait(server, prompt, args)
+            saved = save_images(server, entry, run_folder(args.out))
+            print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
+            if not args.models:
+                print(REAL_WEIGHTS_HINT)
+            failed = False
+    except ServerError as e:  # its message ends with the server's log
         failed = False
+        sys.exit(f"[demo] {e}")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         if failed:  # the temp folder goes away: show the end of the server's log now
             print("[demo] the server's log ends with:\n" + (base / "server.log").read_text(errors="replace")[-3000:],
                   file=sys.stderr)

@@ -24,8 +24,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -36,7 +34,10 @@ import nodes
 import pytest
 
 import comfy_host
+from comfy_server import ComfyServer, ServerError
 import workflow_tools
+from browser_page import (DIALOGS_JS, GRAPH_STATE_JS, close_dialogs, compare_with_export_api, drop_workflow,
+                          expected_widgets, fit_view, open_dialogs, set_widgets)
 from conftest import PACK_MODULE, ROOT
 from sonic_diffusion import examples
 from test_workflows import STAND_INS
@@ -59,32 +60,6 @@ def _chromium():
     if exe and os.access(exe, os.X_OK):
         return exe
     return None
-
-
-def _http(port, path, data=None, timeout=30):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if data is not None else "GET",
-                                 data=json.dumps(data).encode() if data is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.read()
-
-
-class Server:
-    def __init__(self, base, port, proc, log_path):
-        self.base, self.port, self.proc, self.log_path = base, port, proc, log_path
-        self.url = f"http://127.0.0.1:{port}"
-
-    def get_json(self, path):
-        return json.loads(_http(self.port, path))
-
-    def get_bytes(self, path):
-        return _http(self.port, path)
-
-    def log_tail(self, n=4000):
-        try:
-            return Path(self.log_path).read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
 
 
 @pytest.fixture(scope="module")
@@ -128,39 +103,11 @@ def server(chromium, fixture_dir, tmp_path_factory):
         "LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Workflow.WorkflowTabsPosition": "Sidebar",
         "Comfy.Workflow.ShowMissingNodesWarning": True, "Comfy.Workflow.ShowMissingModelsWarning": True}))
 
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = base / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
-        cwd=comfy_host.HOST, stdout=log, stderr=subprocess.STDOUT)
-    srv = Server(base, port, proc, log_path)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                info = srv.get_json("/object_info")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if proc.poll() is not None:
-                    pytest.fail(f"the ComfyUI server exited:\n{srv.log_tail()}")
-                if time.time() > deadline:
-                    pytest.fail(f"the ComfyUI server did not come up in 120 s:\n{srv.log_tail()}")
-                time.sleep(0.5)
-        srv.object_info = info
-        yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        with ComfyServer(base) as srv:
+            yield srv
+    except ServerError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -199,105 +146,10 @@ def page(server, chromium, tmp_path_factory):
             pg.goto(server.url + "/", wait_until="domcontentloaded")
             pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
                                  "document.querySelector('[data-testid=\"queue-button\"]')", timeout=120_000)
-            _close_dialogs(pg)
+            close_dialogs(pg)
             yield pg
         finally:
             ctx.close()
-
-
-# --- page helpers ---------------------------------------------------------------
-
-DIALOGS_JS = """() => [...document.querySelectorAll('.p-dialog')]
-    .filter(d => d.offsetParent !== null || d.getClientRects().length)
-    .map(d => d.innerText.slice(0, 600))"""
-
-
-def _dialogs(pg):
-    return pg.evaluate(DIALOGS_JS)
-
-
-def _close_dialogs(pg):
-    for _ in range(5):
-        if not _dialogs(pg):
-            return
-        pg.keyboard.press("Escape")
-        pg.wait_for_timeout(200)
-
-
-def _drop_workflow(pg, ui, filename):
-    """Drops the workflow file on the canvas, as a user dragging it from a file manager."""
-    dt = pg.evaluate_handle(
-        """([text, name]) => { const dt = new DataTransfer();
-             dt.items.add(new File([text], name, {type: 'application/json'})); return dt; }""",
-        [json.dumps(ui), filename])
-    target = pg.locator("#graph-canvas")
-    target.dispatch_event("dragenter", {"dataTransfer": dt})
-    target.dispatch_event("dragover", {"dataTransfer": dt})
-    target.dispatch_event("drop", {"dataTransfer": dt})
-    # Ids and types: two workflows can share node ids, so ids alone may match the previous graph.
-    want = sorted([n["id"], n["type"]] for n in ui["nodes"])
-    pg.wait_for_function(
-        """([want]) => { const got = window.app.graph.nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0]);
-             return JSON.stringify(got) === JSON.stringify(want); }""", arg=[want], timeout=30_000)
-    pg.wait_for_timeout(500)  # the missing-model check awaits the model lists; let any dialog render
-
-
-GRAPH_STATE_JS = """() => window.app.graph.nodes.map(n => ({
-    id: n.id, type: n.type, known: n.type in window.LiteGraph.registered_node_types,
-    has_def: !!(window.LiteGraph.registered_node_types[n.type] || {}).nodeData,
-    has_errors: !!n.has_errors,
-    widgets: (n.widgets || []).map(w => ({name: w.name, type: w.type, value: w.value,
-        options: (w.options && Array.isArray(w.options.values)) ? w.options.values : null}))
-}))"""
-
-
-def _expected_widgets(node):
-    """{widget name: value} from a UI node's positional widgets_values, in definition order."""
-    values = list(node.get("widgets_values") or [])
-    out = {}
-    for name, typ, opts, _ in workflow_tools.input_specs(node["type"]):
-        if not workflow_tools.is_widget(typ) or not values:
-            continue
-        out[name] = values.pop(0)
-        if workflow_tools.has_control_widget(name, typ, opts) and values:
-            out["control_after_generate"] = values.pop(0)
-    return out
-
-
-def _set_widgets(pg, node_id, values):
-    return pg.evaluate(
-        """([id, values]) => { const n = window.app.graph.getNodeById(id); const done = {};
-             for (const [k, v] of Object.entries(values)) {
-               const w = n.widgets.find(w => w.name === k);
-               if (!w) continue;
-               w.value = v; if (w.callback) w.callback(v, window.app.canvas, n); done[k] = w.value; }
-             window.app.graph.setDirtyCanvas(true, true); return done; }""", [node_id, values])
-
-
-def _fit_view(pg):
-    """The UI's own "fit view" command (the "." key), so the screenshot shows the whole graph."""
-    pg.evaluate("""async () => { window.app.canvas.deselectAll();
-        await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
-        window.app.canvas.setDirty(true, true); }""")
-    pg.wait_for_timeout(600)
-
-
-def _compare_with_export_api(page, ui, object_info):
-    """The page's own Export (API) (app.graphToPrompt) gives what
-    `python -m sonic_diffusion.workflows to-api` gives: the same nodes, classes, _meta titles
-    and inputs (the page may add values of its frontend-only widgets, e.g. an upload button)."""
-    from sonic_diffusion import workflows
-
-    exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
-    ours = workflows.ui_to_api(ui, *workflows.object_info_lookups(object_info))
-    assert sorted(exported) == sorted(ours)
-    for node_id, node in ours.items():
-        got = exported[node_id]
-        assert got["class_type"] == node["class_type"] and got["_meta"] == node["_meta"], (got, node)
-        for name, value in node["inputs"].items():
-            assert got["inputs"].get(name) == value, (node["class_type"], name, got["inputs"].get(name), value)
-        extra = set(got["inputs"]) - set(node["inputs"])
-        assert extra <= {"upload", "audioUI"}, (node["class_type"], extra)
 
 
 # --- tests ----------------------------------------------------------------------
@@ -332,17 +184,17 @@ def test_broken_workflow_shows_the_missing_node_and_model_dialog(page):
     # The frontend checks only the models a widget selects, keyed by their url.
     loader["properties"]["models"][0].update(name="no_such_adapter.pt", url="https://example.invalid/no_such_adapter.pt")
     loader["widgets_values"][0] = "no_such_adapter.pt"
-    _drop_workflow(page, broken, "broken.json")
+    drop_workflow(page, broken, "broken.json")
     page.wait_for_function(f"() => ({DIALOGS_JS})().length > 0", timeout=15_000)
-    text = "\n".join(_dialogs(page))
+    text = "\n".join(open_dialogs(page))
     assert "SonicNoSuchNode" in text, text
-    _close_dialogs(page)
+    close_dialogs(page)
     if "no_such_adapter.pt" not in text:  # the model dialog comes after the node dialog
         page.wait_for_function(f"() => ({DIALOGS_JS})().length > 0", timeout=15_000)
-        text = "\n".join(_dialogs(page))
-        _close_dialogs(page)
+        text = "\n".join(open_dialogs(page))
+        close_dialogs(page)
     assert "no_such_adapter.pt" in text, text
-    assert not _dialogs(page)
+    assert not open_dialogs(page)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -351,9 +203,9 @@ def test_workflow_loads_in_the_page(path, page, server, screenshots):
     ui = workflow_tools.load(path)
     workflow_tools.use_object_info(server.object_info)
     try:
-        _close_dialogs(page)
-        _drop_workflow(page, ui, path.name)
-        dialogs = _dialogs(page)
+        close_dialogs(page)
+        drop_workflow(page, ui, path.name)
+        dialogs = open_dialogs(page)
         assert not dialogs, f"{path.name} opened a dialog in the UI: {dialogs}"
 
         state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
@@ -365,7 +217,7 @@ def test_workflow_loads_in_the_page(path, page, server, screenshots):
             if node["type"] in workflow_tools.VIRTUAL_NODES:
                 continue
             widgets = {w["name"]: w for w in got["widgets"]}
-            for name, value in _expected_widgets(node).items():
+            for name, value in expected_widgets(node).items():
                 assert name in widgets, f"node {node['id']} ({node['type']}) has no widget {name}: {list(widgets)}"
                 w = widgets[name]
                 if isinstance(value, float) or isinstance(w["value"], float):
@@ -376,9 +228,9 @@ def test_workflow_loads_in_the_page(path, page, server, screenshots):
                     assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
                                                   f"({w['options'][:10]})"
 
-        _compare_with_export_api(page, ui, server.object_info)
+        compare_with_export_api(page, ui, server.object_info)
         page.mouse.move(25, 600)  # off the Run button's tooltip and the nodes
-        _fit_view(page)
+        fit_view(page)
         page.screenshot(path=str(screenshots / f"{path.stem}.png"))
     finally:
         workflow_tools.use_object_info(None)
@@ -390,12 +242,12 @@ def test_workflow_runs_from_the_page(path, page, server):
     an image lands in the history. (After every screenshot, so no job panel shows in them.)"""
     ui = workflow_tools.load(path)
     try:
-        _close_dialogs(page)
-        _drop_workflow(page, ui, path.name)
-        assert not _dialogs(page)
+        close_dialogs(page)
+        drop_workflow(page, ui, path.name)
+        assert not open_dialogs(page)
         for node in ui["nodes"]:
             if node["type"] in SMALL:
-                done = _set_widgets(page, node["id"], SMALL[node["type"]])
+                done = set_widgets(page, node["id"], SMALL[node["type"]])
                 assert done == SMALL[node["type"]], done
 
         before = set(server.get_json("/history"))
@@ -410,9 +262,9 @@ def test_workflow_runs_from_the_page(path, page, server):
                 if entry.get("status", {}).get("completed") is not None or entry.get("status", {}).get(
                         "status_str") == "error":
                     break
-            if server.proc.poll() is not None:
+            if not server.alive():
                 pytest.fail(f"the server died:\n{server.log_tail()}")
-            dialogs = _dialogs(page)
+            dialogs = open_dialogs(page)
             if dialogs:
                 pytest.fail(f"queueing {path.name} from the page opened a dialog: {dialogs}")
             time.sleep(0.5)
@@ -430,7 +282,7 @@ def test_workflow_runs_from_the_page(path, page, server):
         images = [img for out in entry["outputs"].values() for img in out.get("images", [])
                   if img.get("filename", "").endswith(".png")]  # animation graphs also save WEBP and video
         assert images, f"{path.name}: no PNG image in the history: {entry['outputs']}"
-        png = server.get_bytes("/view?" + urllib.parse.urlencode(
+        png = server.request("/view?" + urllib.parse.urlencode(
             {"filename": images[0]["filename"], "subfolder": images[0]["subfolder"], "type": images[0]["type"]}))
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         print(f"{path.name}: ran from the page in {time.time() - t0:.1f} s, {len(images)} image(s)")
@@ -455,7 +307,7 @@ def test_help_pages_are_served_where_the_frontend_looks(page, server, screenshot
         assert got[0] == 200, (url, got[0])
         assert got[1] == (ROOT / "web" / "docs" / f"{node_id}.md").read_text()
 
-    _close_dialogs(page)
+    close_dialogs(page)
     page.evaluate("() => { window.app.graph.clear(); }")
     for node_id in ours:
         title = server.object_info[node_id]["display_name"]
