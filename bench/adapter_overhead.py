@@ -51,6 +51,34 @@ def kernel_time(fn, reps):
     return total / reps / 1e6  # s
 
 
+def _report(label, variants, audios, reps, gpu, device):
+    """FLOP floor and timed overhead of the adapter variants against the plain UNet."""
+    from common import ratio_summary, synchronize
+
+    for fn in variants.values():  # warm-up, and builds our per-sampling cache once
+        fn()
+    fl = {name: flops(fn) for name, fn in variants.items()}
+    floor = 100 * (fl["sonic (ours)"] / fl["plain"] - 1)
+    print(f"\n{label}: UNet {fl['plain'] / (2 * audios) / 1e9:.1f} GFLOPs per image "
+          f"per step; FLOP-counted floor {floor:.2f}% (straightforward formula "
+          f"{100 * (fl['sonic (straightforward)'] / fl['plain'] - 1):.2f}%)")
+    if gpu:
+        times = {name: [] for name in variants}
+        for _ in range(reps):
+            for name, fn in variants.items():
+                times[name].append(kernel_time(fn, 1))
+    else:
+        times = interleaved(variants, reps, sync=lambda: synchronize(device))
+    for name in ("sonic (ours)", "sonic (straightforward)"):
+        med, q1, q3 = ratio_summary(times[name], times["plain"])
+        noise = "  (inside the noise: the IQR spans 0)" if q1 <= 0.0 <= q3 else ""
+        print(f"  {name:24s} per-repetition overhead median {med:+6.2f}%  IQR [{q1:+.2f}, {q3:+.2f}]%  "
+              f"plain step {1e3 * summary(times['plain'])[0]:.0f} ms{noise}")
+    med, q1, q3 = ratio_summary(times["sonic (ours)"], times["plain"])
+    if q1 <= floor <= q3:
+        print(f"  the FLOP floor {floor:.2f}% lies inside the IQR: the measured difference is within the noise")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=15)
@@ -60,7 +88,7 @@ def main():
     fs = boot()
     import comfy.model_management as mm
     import nodes
-    from common import ROOT, device_name, ratio_summary, synchronize
+    from common import ROOT, device_name
 
     sys.path.insert(0, str(ROOT / "tests"))
     from test_precision import plain_formula_model
@@ -95,28 +123,7 @@ def main():
     print(f"device: {device_name(device)}, {dtype}, {size}x{size}; {'summed kernel time' if gpu else 'wall time'}, "
           f"{args.reps} interleaved repetitions")
     for label, variants in groups.items():
-        for fn in variants.values():  # warm-up, and builds our per-sampling cache once
-            fn()
-        fl = {name: flops(fn) for name, fn in variants.items()}
-        floor = 100 * (fl["sonic (ours)"] / fl["plain"] - 1)
-        print(f"\n{label}: UNet {fl['plain'] / (2 * (1 if label == 'one audio' else k)) / 1e9:.1f} GFLOPs per image "
-              f"per step; FLOP-counted floor {floor:.2f}% (straightforward formula "
-              f"{100 * (fl['sonic (straightforward)'] / fl['plain'] - 1):.2f}%)")
-        if gpu:
-            times = {name: [] for name in variants}
-            for _ in range(args.reps):
-                for name, fn in variants.items():
-                    times[name].append(kernel_time(fn, 1))
-        else:
-            times = interleaved(variants, args.reps, sync=lambda: synchronize(device))
-        for name in ("sonic (ours)", "sonic (straightforward)"):
-            med, q1, q3 = ratio_summary(times[name], times["plain"])
-            noise = "  (inside the noise: the IQR spans 0)" if q1 <= 0.0 <= q3 else ""
-            print(f"  {name:24s} per-repetition overhead median {med:+6.2f}%  IQR [{q1:+.2f}, {q3:+.2f}]%  "
-                  f"plain step {1e3 * summary(times['plain'])[0]:.0f} ms{noise}")
-        med, q1, q3 = ratio_summary(times["sonic (ours)"], times["plain"])
-        if q1 <= floor <= q3:
-            print(f"  the FLOP floor {floor:.2f}% lies inside the IQR: the measured difference is within the noise")
+        _report(label, variants, 1 if label == "one audio" else k, args.reps, gpu, device)
     print("\ntarget: <= 3.5% on the CPU at 256x256 (<= 2.5% on a GPU, bench/gpu_check.py)")
 
 

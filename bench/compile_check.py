@@ -13,6 +13,29 @@ import torch
 from common import boot, load_adapter, load_unet
 
 
+def _print_breaks(reports):
+    """Graph and break counts per model, where the breaks are, and those at the pack's code."""
+    for label, r in reports.items():
+        print(f"{label:8s}: {r.graph_count} graph(s), {r.graph_break_count} graph break(s)")
+        where = {}
+        for reason in r.break_reasons:
+            frame = reason.user_stack[-1] if reason.user_stack else None
+            key = f"{frame.filename}:{frame.lineno}" if frame else "unknown"
+            where[key] = where.get(key, 0) + 1
+        for key, count in sorted(where.items(), key=lambda kv: -kv[1]):
+            print(f"          {count:3d} break(s) at {key}")
+    ours = [r for r in reports["patched"].break_reasons
+            if r.user_stack and any("sonic_diffusion" in f.filename for f in r.user_stack)]
+    print(f"graph breaks at the pack's own code: {len(ours)}")
+    for r in ours:  # named one by one: reason and the pack's frame
+        frame = [f for f in r.user_stack if "sonic_diffusion" in f.filename][-1]
+        print(f"  {frame.filename.split('sonic_diffusion')[-1]}:{frame.lineno} ({frame.name}): "
+              f"{str(r.reason).splitlines()[0][:160]}")
+    added = reports["patched"].graph_break_count - reports["plain"].graph_break_count
+    print(f"breaks the adapter adds: {added} (of which at the pack's code: {len(ours)}; the rest are host "
+          f"breaks repeated in the extra hooks)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=128)
@@ -49,25 +72,7 @@ def main():
         for label, m in (("plain", model), ("patched", patched)):
             torch._dynamo.reset()
             reports[label] = torch._dynamo.explain(dm)(x, timesteps=t, context=ctx, transformer_options=options(m))
-    for label, r in reports.items():
-        print(f"{label:8s}: {r.graph_count} graph(s), {r.graph_break_count} graph break(s)")
-        where = {}
-        for reason in r.break_reasons:
-            frame = reason.user_stack[-1] if reason.user_stack else None
-            key = f"{frame.filename}:{frame.lineno}" if frame else "unknown"
-            where[key] = where.get(key, 0) + 1
-        for key, count in sorted(where.items(), key=lambda kv: -kv[1]):
-            print(f"          {count:3d} break(s) at {key}")
-    ours = [r for r in reports["patched"].break_reasons
-            if r.user_stack and any("sonic_diffusion" in f.filename for f in r.user_stack)]
-    print(f"graph breaks at the pack's own code: {len(ours)}")
-    for r in ours:  # named one by one: reason and the pack's frame
-        frame = [f for f in r.user_stack if "sonic_diffusion" in f.filename][-1]
-        print(f"  {frame.filename.split('sonic_diffusion')[-1]}:{frame.lineno} ({frame.name}): "
-              f"{str(r.reason).splitlines()[0][:160]}")
-    added = reports["patched"].graph_break_count - reports["plain"].graph_break_count
-    print(f"breaks the adapter adds: {added} (of which at the pack's code: {len(ours)}; the rest are host "
-          f"breaks repeated in the extra hooks)")
+    _print_breaks(reports)
 
     torch._dynamo.reset()
     compiled = torch.compile(dm, backend=args.backend)

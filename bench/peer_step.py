@@ -61,6 +61,28 @@ def comfy_runner(model, x, t, ctx, attention):
     return run
 
 
+def _print_results(variants, outs, args):
+    """Timings side by side, the speed-ups over the authors' code, and (--profile) op shares."""
+    diff = max(float((outs["pack + adapter (default attn)"] - outs["diffusers + adapter (authors)"]).abs().max()),
+               float((outs["pack + adapter (SDPA)"] - outs["diffusers + adapter (authors)"]).abs().max()))
+    times = interleaved(variants, args.reps)
+    print(f"fp32, {args.size}x{args.size}, batch 2, {torch.get_num_threads()} threads, {args.reps} interleaved "
+          f"repetitions; pack vs authors' output: max |diff| {diff:.1e}")
+    for k, v in times.items():
+        med, q1, q3 = summary(v)
+        print(f"  {k:32s} median {1e3 * med:8.0f} ms  IQR [{1e3 * q1:.0f}, {1e3 * q3:.0f}]")
+    for ours in ("pack + adapter (default attn)", "pack + adapter (SDPA)"):
+        ratios = [a / b for a, b in zip(times["diffusers + adapter (authors)"], times[ours])]
+        med, q1, q3 = summary(ratios)
+        print(f"speed-up of {ours} over the authors' implementation: {med:.2f}x (IQR {q1:.2f}..{q3:.2f}); "
+              f"target >= 1.3x")
+    if args.profile:
+        for name in ("diffusers + adapter (authors)", "pack + adapter (SDPA)"):
+            shares, ms = profile_shares(variants[name])
+            print(f"profile of {name} (self CPU {ms:.0f} ms): "
+                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
@@ -105,24 +127,7 @@ def main():
         "pack + adapter (SDPA)": comfy_runner(patched, x, t, ctx, "sdpa"),
     }
     outs = {k: fn() for k, fn in variants.items()}  # warm-up; builds the pack's per-sampling cache
-    diff = max(float((outs["pack + adapter (default attn)"] - outs["diffusers + adapter (authors)"]).abs().max()),
-               float((outs["pack + adapter (SDPA)"] - outs["diffusers + adapter (authors)"]).abs().max()))
-    times = interleaved(variants, args.reps)
-    print(f"fp32, {args.size}x{args.size}, batch 2, {torch.get_num_threads()} threads, {args.reps} interleaved "
-          f"repetitions; pack vs authors' output: max |diff| {diff:.1e}")
-    for k, v in times.items():
-        med, q1, q3 = summary(v)
-        print(f"  {k:32s} median {1e3 * med:8.0f} ms  IQR [{1e3 * q1:.0f}, {1e3 * q3:.0f}]")
-    for ours in ("pack + adapter (default attn)", "pack + adapter (SDPA)"):
-        ratios = [a / b for a, b in zip(times["diffusers + adapter (authors)"], times[ours])]
-        med, q1, q3 = summary(ratios)
-        print(f"speed-up of {ours} over the authors' implementation: {med:.2f}x (IQR {q1:.2f}..{q3:.2f}); "
-              f"target >= 1.3x")
-    if args.profile:
-        for name in ("diffusers + adapter (authors)", "pack + adapter (SDPA)"):
-            shares, ms = profile_shares(variants[name])
-            print(f"profile of {name} (self CPU {ms:.0f} ms): "
-                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
+    _print_results(variants, outs, args)
 
 
 if __name__ == "__main__":

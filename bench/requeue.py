@@ -17,6 +17,21 @@ import time
 from common import boot
 
 
+def _print_rows(rows, args):
+    """Each run's time and calls, then what ComfyUI's cache and the inversion cache saved."""
+    print(f"audio-to-image 64x64, {args.steps} steps; edit {args.edit_steps} steps")
+    for label, secs, n, s in rows:
+        calls = ", ".join(f"{k} {n[k]} ({s[k]:.2f} s)" for k in n)
+        print(f"{label:40s} {secs:7.2f} s   {calls}")
+    new, seed, first, cfg = (r[1] for r in rows)
+    saved_by_comfy = rows[0][3]["encode"] + rows[0][3]["project"]
+    print(f"ComfyUI's output cache on re-queue: {new - seed:.2f} s saved ({100 * (1 - seed / new):.0f}%), of which "
+          f"encode + projection {saved_by_comfy:.2f} s; re-encodes/re-projections on re-queue: "
+          f"{rows[1][2]['encode'] + rows[1][2]['project']}")
+    print(f"the pack's inversion cache on an edit re-queue: {first - cfg:.2f} s saved "
+          f"({100 * (1 - cfg / first):.0f}%); inversions on re-queue: {rows[3][2]['invert']}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
@@ -70,17 +85,7 @@ def main():
     timed("edit, first (inversion runs)", edit)
     edit["edit"]["inputs"]["cfg"] = 5.0
     timed("edit, cfg changed (inversion cached)", edit)
-    print(f"audio-to-image 64x64, {args.steps} steps; edit {args.edit_steps} steps")
-    for label, secs, n, s in rows:
-        calls = ", ".join(f"{k} {n[k]} ({s[k]:.2f} s)" for k in n)
-        print(f"{label:40s} {secs:7.2f} s   {calls}")
-    new, seed, first, cfg = (r[1] for r in rows)
-    saved_by_comfy = rows[0][3]["encode"] + rows[0][3]["project"]
-    print(f"ComfyUI's output cache on re-queue: {new - seed:.2f} s saved ({100 * (1 - seed / new):.0f}%), of which "
-          f"encode + projection {saved_by_comfy:.2f} s; re-encodes/re-projections on re-queue: "
-          f"{rows[1][2]['encode'] + rows[1][2]['project']}")
-    print(f"the pack's inversion cache on an edit re-queue: {first - cfg:.2f} s saved "
-          f"({100 * (1 - cfg / first):.0f}%); inversions on re-queue: {rows[3][2]['invert']}")
+    _print_rows(rows, args)
 
 
 def _edit_graph(graph, steps):

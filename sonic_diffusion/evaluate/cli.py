@@ -61,8 +61,12 @@ def build_parser():
     x.add_argument("--batch-size", type=int, default=16)
     x.add_argument("--device", help="torch device, e.g. cpu, cuda:1, mps (default: the device ComfyUI picks)")
     x.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_generate_options(p.add_argument_group("--generate: render the images first through the pack's "
+                                               "ComfyUI graph"))
+    return p
 
-    g = p.add_argument_group("--generate: render the images first through the pack's ComfyUI graph")
+
+def _add_generate_options(g):
     g.add_argument("--generate", action="store_true", help="render <generated>/<stem>.png for the audio files first")
     g.add_argument("--generate-list", type=Path,
                    help="text file, one audio file per line (name in --audio, or a path); default: every dataset item")
@@ -81,7 +85,6 @@ def build_parser():
     g.add_argument("--negative", default="")
     g.add_argument("--strength", type=float, default=1.0)
     g.add_argument("--overwrite", action="store_true", help="re-render images made with other settings")
-    return p
 
 
 def _generate_list(ns):

@@ -24,12 +24,21 @@ def build_parser():
                                 description="Train SonicDiffusion projectors (stage 1) and adapters (stage 2) "
                                             "from a folder of audio-image pairs. See docs/training.md.")
     sub = p.add_subparsers(dest="command", required=True)
-
     chk = sub.add_parser("check", help="report the pairs, missing halves, unreadable files and classes of a folder")
     chk.add_argument("--data", type=Path, required=True, help="the folder of x.wav + x.png|jpg (+ x.txt) pairs")
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
     chk.add_argument("--no-decode", action="store_true", help="only look at file names (fast; no decode test)")
 
+    common = _common_options()
+    _add_stage1(sub.add_parser("stage1", parents=[common], help="train the audio projector",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    _add_stage2(sub.add_parser("stage2", parents=[common], help="train the gated audio attention adapters",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    return p
+
+
+def _common_options():
+    """The options both stages take: data and models, optimisation, output."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and models")
     g.add_argument("--data", type=Path, required=True, help="folder of pairs x.wav + x.png|jpg, optional x.txt "
@@ -76,9 +85,10 @@ def build_parser():
     o.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
     o.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)")
     o.add_argument("--quiet", action="store_true", help="only warnings")
+    return common
 
-    s1 = sub.add_parser("stage1", parents=[common], help="train the audio projector",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _add_stage1(s1):
     s1.add_argument("--negatives", type=int, default=128,
                     help="InfoNCE negatives per step (fewer when the dataset is smaller)")
     s1.add_argument("--temperature", type=float, default=0.07, help="InfoNCE temperature")
@@ -88,8 +98,8 @@ def build_parser():
                     help="reverse-sigmoid token weights: the token index where the weight halves")
     s1.add_argument("--token-weight-scale", type=float, default=5.0, help="... and how fast it falls")
 
-    s2 = sub.add_parser("stage2", parents=[common], help="train the gated audio attention adapters",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _add_stage2(s2):
     s2.add_argument("--projector", type=Path, default=None,
                     help="the projector to use: the stage-1 projector.safetensors, an official "
                          "audio_projector_*.pth, or a bundle (its projector)")
@@ -99,4 +109,3 @@ def build_parser():
     s2.add_argument("--caption-drop", type=_probability, default=0.5, help="probability of the empty caption")
     s2.add_argument("--resolution", type=int, default=512, help="images: shorter side resized, centre crop")
     s2.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
-    return p
