@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion import edit
 from .common import CATEGORY, NodeInputError, require_finite, schema
+from .edit_inputs import cfg_input, injection_inputs
 
 NODE = "Audio Edit (Sonic)"
 
@@ -41,16 +42,8 @@ class SonicAudioEdit(io.ComfyNode):
                                                   "checkpoint's VAE."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="DDIM steps for the inversion and for the edit (50 as in the paper)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Guidance scale for text and audio together (7.5 in the authors' demo)."),
-                io.Float.Input("attention_injection", default=0.8, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of the steps, from the start, in which the source's self-attention "
-                                       "queries and keys are injected (output blocks 4-11). Higher keeps more of "
-                                       "the source layout."),
-                io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of the steps, from the start, in which the source's ResBlock "
-                                       "features are injected (output blocks 4 and 5). Higher keeps more of the "
-                                       "source structure."),
+                cfg_input(),
+                *injection_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The edited latent; decode it with VAE Decode.")],
         )

@@ -4,6 +4,7 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion import edit
 from .common import CATEGORY, NodeInputError, require_finite, schema
+from .edit_inputs import cfg_input, injection_inputs
 
 GUIDER = "Sonic Edit Guider"
 SAMPLER = "Sonic DDIM Edit Sampler"
@@ -37,8 +38,7 @@ class SonicEditGuider(io.ComfyNode):
                                                           "with any ControlNet, area or GLIGEN conditioning."),
                 io.Conditioning.Input("negative", tooltip="CLIP Text Encode of the empty prompt \"\": the "
                                                           "unconditional branch and the inversion prompt."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Guidance scale for text and audio together (7.5 in the authors' demo)."),
+                cfg_input(),
             ],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced's guider.")],
         )
@@ -68,14 +68,7 @@ class SonicDDIMEditSampler(io.ComfyNode):
                         "down with the source's self-attention queries/keys and ResBlock features injected during "
                         "the first steps. Needs Sonic Edit Guider. The noise input is not used (connect Disable "
                         "Noise); use BasicScheduler with ddim_uniform and denoise 1.0 for the paper's schedule.",
-            inputs=[
-                io.Float.Input("attention_injection", default=0.8, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of the steps, from the start, in which the source's self-attention "
-                                       "queries and keys are injected (output blocks 4-11)."),
-                io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of the steps, from the start, in which the source's ResBlock "
-                                       "features are injected (output blocks 4 and 5)."),
-            ],
+            inputs=injection_inputs(),
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced's sampler.")],
         )
 
