@@ -7,15 +7,9 @@ from comfy_api.latest import io
 from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
                                          loudness_strengths)
 from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
-                     require_finite, schema)
+                     audio_value, require_finite, schema)
 
 CURVE = "Loudness Strength Curve (Sonic)"
-
-
-def _audio_value(node, audio):
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
-    return audio["waveform"], audio["sample_rate"]
 
 
 class SonicAudioEncodeFrames(io.ComfyNode):
@@ -56,7 +50,7 @@ class SonicAudioEncodeFrames(io.ComfyNode):
         node = "Audio Encode Frames (Sonic)"
         require_finite(node, fps=fps, window_seconds=window_seconds, hop_seconds=hop_seconds,
                        smoothing_seconds=smoothing_seconds)
-        waveform, sample_rate = _audio_value(node, audio)
+        waveform, sample_rate = audio_value(node, audio)
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done, total):
@@ -102,7 +96,7 @@ class SonicLoudnessCurve(io.ComfyNode):
     @classmethod
     def execute(cls, audio, fps, min_strength, max_strength, range_db):
         require_finite(CURVE, fps=fps, min_strength=min_strength, max_strength=max_strength, range_db=range_db)
-        waveform, sample_rate = _audio_value(CURVE, audio)
+        waveform, sample_rate = audio_value(CURVE, audio)
         try:
             levels = frame_loudness_db(waveform, sample_rate, fps)
             return io.NodeOutput(loudness_strengths(levels, min_strength, max_strength, range_db))

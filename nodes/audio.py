@@ -14,7 +14,8 @@ from ..sonic_diffusion.audio_prep import check_window_offset, prepare_clip
 from ..sonic_diffusion.clap import ClapEncoder, ClapWeightsError, load_clap_state_dict
 from ..sonic_diffusion.paths import PathRefusedError, check_regular_file, is_inside, resolve_confined
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, require_finite, schema
+from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, audio_value, require_finite,
+                     schema)
 from .folders import CLAP_FOLDER
 
 LOAD_NODE = "Load Audio (Sonic)"
@@ -185,12 +186,11 @@ class SonicAudioEncode(io.ComfyNode):
     @classmethod
     def execute(cls, audio_encoder, audio, window, offset):
         node = "Audio Encode (Sonic)"
-        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-            raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+        waveform, sample_rate = audio_value(node, audio)
         require_finite(node, offset=offset)
         try:
-            check_window_offset(audio["waveform"], audio["sample_rate"], window, offset)
-            clips = prepare_clip(audio["waveform"], audio["sample_rate"], window=window, offset_s=offset)
+            check_window_offset(waveform, sample_rate, window, offset)
+            clips = prepare_clip(waveform, sample_rate, window=window, offset_s=offset)
         except ValueError as e:
             raise NodeInputError(f"{node}: {e}") from None
         bar = comfy.utils.ProgressBar(clips.shape[0])

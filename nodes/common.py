@@ -37,3 +37,10 @@ def require_finite(node, **values):
     for name, value in values.items():
         if value is not None and not math.isfinite(float(value)):
             raise NodeInputError(f"{node}: input '{name}' is {value}; enter a finite number.")
+
+
+def audio_value(node, audio):
+    """(waveform, sample_rate) of an AUDIO input, or an error naming the node."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
+    return audio["waveform"], audio["sample_rate"]
