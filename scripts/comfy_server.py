@@ -39,12 +39,12 @@ class ComfyServer:
 
     def __enter__(self):
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-             *self.extra_args],
-            cwd=comfy_host.HOST, stdout=self._log, stderr=subprocess.STDOUT)
         try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                 "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+                 "--disable-auto-launch", *self.extra_args],
+                cwd=comfy_host.HOST, stdout=self._log, stderr=subprocess.STDOUT)
             self.object_info = self._wait_ready()
         except BaseException:
             self.stop()

@@ -34,7 +34,7 @@ def stand_in_models(base):
     host.bootstrap(cpu=True)
     from sonic_diffusion.fixtures import FixtureSet
 
-    fs = FixtureSet(comfy_host.BUILD / "fixtures")
+    fs = FixtureSet(comfy_host.FIXTURES)
     files = {
         ("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors"): fs.full_checkpoint(),
         ("audio_encoders", "CLAP_weights_2022.pth"): fs.clap(),
@@ -155,11 +155,10 @@ REAL_WEIGHTS_HINT = (
 
 
 def run(args, base):
-    extra = prepare(args, base)
-    failed = True
+    server = ComfyServer(base, prepare(args, base))
     print("[demo] starting the ComfyUI server on 127.0.0.1")
     try:
-        with ComfyServer(base, extra) as server:
+        with server:
             check_registered(server.object_info)
             workflow_tools.use_object_info(server.object_info)
             prompt = workflow_tools.ui_to_api(workflow_tools.load(WORKFLOW))
@@ -171,17 +170,14 @@ def run(args, base):
             t0 = time.time()
             entry = queue_and_wait(server, prompt, args)
             saved = save_images(server, entry, run_folder(args.out))
-            print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
-            if not args.models:
-                print(REAL_WEIGHTS_HINT)
-            failed = False
     except ServerError as e:  # its message ends with the server's log
-        failed = False
         sys.exit(f"[demo] {e}")
-    finally:
-        if failed:  # the temp folder goes away: show the end of the server's log now
-            print("[demo] the server's log ends with:\n" + (base / "server.log").read_text(errors="replace")[-3000:],
-                  file=sys.stderr)
+    except BaseException:  # the temp folder goes away: show the end of the server's log now
+        print("[demo] the server's log ends with:\n" + server.log_tail(3000), file=sys.stderr)
+        raise
+    print(f"[demo] done in {time.time() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
+    if not args.models:
+        print(REAL_WEIGHTS_HINT)
 
 
 if __name__ == "__main__":
