@@ -27,7 +27,7 @@ def boot(cpu=None):
                     cpu=not accelerator_present() if cpu is None else cpu)
     from sonic_diffusion.fixtures import FixtureSet
 
-    return FixtureSet(comfy_host.BUILD / "fixtures")
+    return FixtureSet(comfy_host.FIXTURES)
 
 
 def load_adapter(fs):

@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("SONIC_BUILD_DIR", ROOT / ".build"))
 HOST = Path(os.environ.get("SONIC_COMFYUI_DIR", BUILD / "comfyui"))
+# Generated stand-in weights, the same on every host: scripts/run_tests.sh shares one folder.
+FIXTURES = Path(os.environ.get("SONIC_FIXTURE_DIR") or BUILD / "fixtures")
 PACK_DIR_NAME = "comfyui-sonicdiffusion"
 # (path, error) of each module ComfyUI's loader could not import during boot() (it only logs them).
 IMPORT_FAILURES = []

@@ -18,8 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import comfy_host  # noqa: E402
 
 BUILD = comfy_host.BUILD
-# Stand-in weights are the same on every host: scripts/run_tests.sh shares one folder.
-FIXTURE_DIR = Path(os.environ.get("SONIC_FIXTURE_DIR") or BUILD / "fixtures")
+FIXTURE_DIR = comfy_host.FIXTURES
 # Under CI=true a skipped browser test is a failure: CI must not pass without it.
 STRICT_SKIP_MODULES = ("test_browser.py",)
 

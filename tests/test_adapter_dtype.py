@@ -7,7 +7,6 @@ import types
 import pytest
 import torch
 
-
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.patch import STREAM_ORDERED, SonicAudioPatch
 from sonic_diffusion.runtime import resident_dtype
