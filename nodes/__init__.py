@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
+from .conditioning import SonicAudioConditioning
 from .edit import SonicAudioEdit
 from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
 from .animation import SonicAudioEncodeFrames, SonicLoudnessCurve, SonicSharedNoise
@@ -15,6 +16,7 @@ NODES = [
     SonicAudioEmbedsMix,
     SonicAdapterLoader,
     SonicApplyAdapter,
+    SonicAudioConditioning,
     SonicAudioEdit,
     SonicEditGuider,
     SonicDDIMEditSampler,

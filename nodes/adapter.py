@@ -6,11 +6,12 @@ from comfy_api.latest import io
 from ..sonic_diffusion import checkpoints
 from ..sonic_diffusion.blocks import BLOCK_PRESETS, BLOCK_SITE_NAMES, BlockWeightsError, parse_block_weights
 from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
+from ..sonic_diffusion.audio_call import register
 from ..sonic_diffusion.patch import SonicAudioPatch
 from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, require_finite,
-                     schema)
+from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, check_curve,
+                     check_embeds, require_finite, schema)
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
@@ -97,17 +98,24 @@ class SonicApplyAdapter(io.ComfyNode):
             category=CATEGORY,
             description="Patches an SD 1.x MODEL so its middle block and output blocks 3-11 attend to the audio: "
                         "x += strength * tanh(gate) * Attn(LayerNorm(x), audio tokens), right after the text "
-                        "cross-attention. Positive prompts get the audio, negative prompts the null (or negative) "
-                        "audio. Works with every stock sampler, LoRA and ControlNet.",
+                        "cross-attention. The positive prompt gets audio_embeds; every other prompt of the guider "
+                        "(negative, middle, empty) gets the null (or negative) audio. A prompt with its own "
+                        "audio from Audio Conditioning (Sonic) keeps it. Works with every stock sampler and guider, "
+                        "LoRA and ControlNet.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD 1.x MODEL; it is cloned, never changed."),
                 SonicAdapterType.Input("sonic_adapter", tooltip="From Sonic Adapter Loader."),
-                SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic). One embedding serves "
-                                       "every latent; B embeddings map one-to-one onto B latents."),
+                SonicAudioEmbeds.Input("audio_embeds", optional=True,
+                                       tooltip="From Audio Encode (Sonic); goes to the positive prompt. One embedding "
+                                               "serves every latent; B embeddings map one-to-one onto B latents. "
+                                               "Leave it unconnected when every prompt carries its own audio "
+                                               "(Audio Conditioning (Sonic)): unlinked positive prompts then get "
+                                               "the null audio."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
                                tooltip="The paper's f: 1.0 as published, 0 disables the audio, negative pushes away."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Sampling progress at which the audio starts acting."),
+                               tooltip="Sampling progress at which the audio starts acting (turned into a sigma "
+                                       "when each sampling run starts, with the model sampling then in force)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Sampling progress at which the audio stops acting."),
                 SonicAudioEmbeds.Input("negative_audio_embeds", optional=True,
@@ -131,7 +139,7 @@ class SonicApplyAdapter(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, sonic_adapter, audio_embeds, strength, start_percent, end_percent,
+    def execute(cls, model, sonic_adapter, audio_embeds=None, strength=1.0, start_percent=0.0, end_percent=1.0,
                 negative_audio_embeds=None, block_preset="all", block_weights="", strength_curve=None):
         node = "Apply Sonic Adapter"
         require_finite(node, strength=strength, start_percent=start_percent, end_percent=end_percent)
@@ -143,21 +151,13 @@ class SonicApplyAdapter(io.ComfyNode):
             check_unet_fits(model, node)
         except IncompatibleModelError as e:
             raise NodeInputError(str(e)) from None
-        for name, emb in (("audio_embeds", audio_embeds), ("negative_audio_embeds", negative_audio_embeds)):
-            if emb is not None and not bool(emb.isfinite().all()):
-                raise NodeInputError(f"{node}: {name} holds NaN or Inf values; re-encode the audio.")
-        if strength_curve is not None and not bool(torch.as_tensor(strength_curve).isfinite().all()):
-            raise NodeInputError(f"{node}: strength_curve holds NaN or Inf values; rebuild it from the audio.")
+        check_embeds(node, audio_embeds=audio_embeds, negative_audio_embeds=negative_audio_embeds)
+        check_curve(node, strength_curve)
         sonic_adapter = sonic_adapter.with_block_dtype(resident_dtype(model))
-        cond = sonic_adapter.project(audio_embeds)
-        uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else None
-        sigma_start = sigma_end = None
-        if start_percent > 0.0 or end_percent < 1.0:
-            sampling = model.get_model_object("model_sampling")
-            sigma_start = sampling.percent_to_sigma(start_percent)
-            sigma_end = sampling.percent_to_sigma(end_percent)
-        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, sigma_start, sigma_end, block_weights=weights,
-                                row_strengths=strength_curve)
-        patched = model.clone()
-        patch.register(patched)
-        return io.NodeOutput(patched)
+        # Projected here, null audio included, so no model is loaded inside sampling.
+        null = sonic_adapter.null_tokens()
+        cond = sonic_adapter.project(audio_embeds) if audio_embeds is not None else null
+        uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else null
+        patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, start_percent, end_percent,
+                                block_weights=weights, row_strengths=strength_curve)
+        return io.NodeOutput(register(model.clone(), patch))

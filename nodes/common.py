@@ -2,6 +2,8 @@
 import dataclasses
 import math
 
+import torch
+
 from comfy_api.latest import io
 
 SonicAudioEmbeds = io.Custom("SONIC_AUDIO_EMBEDS")
@@ -44,3 +46,16 @@ def audio_value(node, audio):
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
     return audio["waveform"], audio["sample_rate"]
+
+
+def check_embeds(node, **embeds):
+    """Refuses audio embeddings holding NaN or Inf (None inputs pass)."""
+    for name, emb in embeds.items():
+        if emb is not None and not bool(emb.isfinite().all()):
+            raise NodeInputError(f"{node}: {name} holds NaN or Inf values; re-encode the audio.")
+
+
+def check_curve(node, curve):
+    """Refuses a strength curve holding NaN or Inf (None passes)."""
+    if curve is not None and not bool(torch.as_tensor(curve).isfinite().all()):
+        raise NodeInputError(f"{node}: strength_curve holds NaN or Inf values; rebuild it from the audio.")

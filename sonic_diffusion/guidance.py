@@ -1,58 +1,38 @@
-"""Separate text and audio guidance (issue 14), for SamplerCustomAdvanced:
+"""Separate text and audio guidance, for SamplerCustomAdvanced and KSampler:
 
     e(-,-) + s_text * (e(t,-) - e(-,-)) + s_audio * (e(t,a) - e(t,-))
 
 e(-,-): negative prompt with the negative audio; e(t,a): positive prompt with the
 audio; e(t,-): positive prompt with the negative audio. "Negative audio" is what the
-joint guidance gives the negative prompt (docs/design.md section 1; labels: section 10.3):
-the null audio tokens, or the tokens of Apply Sonic Adapter's negative_audio_embeds.
+joint guidance gives the negative prompt (docs/design.md section 1): the null audio
+tokens, or the tokens of Apply Sonic Adapter's negative_audio_embeds.
 
-The Sonic patch picks tokens per batch chunk from transformer_options["cond_or_uncond"]
-(label 1 -> negative audio, any other -> audio). The guider runs the positive prompt a
-second time as conds index 2 and shows that label as 1 to the Sonic patches only, so
-all three predictions go through one calc_cond_batch call (one model call per step
-when memory allows), and other patches see ComfyUI's labels unchanged.
+Which audio a prompt gets follows its role in the guider (audio_call.attach_audio): the
+Dual Guider hands the positive prompt a second time under the role
+"positive_without_audio", which gets the negative audio, so all three predictions go
+through one calc_cond_batch call (one model call per step when memory allows).
 """
 import math
 
 import comfy.samplers
 
-from .patch import SonicAudioPatch
+from .audio_rows import MODEL_COND_KEY
+from .audio_call import sonic_patches  # noqa: F401  (re-exported for the nodes)
 
-# Indices into the conds list handed to calc_cond_batch (they become cond_or_uncond).
+# Indices into the conds list handed to calc_cond_batch.
 WITH_AUDIO, NEGATIVE, WITHOUT_AUDIO = 0, 1, 2
 COND_KEYS = ("positive", "negative", "positive_without_audio")
 
 
-def sonic_patches(model_options):
-    """The Sonic audio patches registered in a MODEL's model_options."""
-    patches = model_options.get("transformer_options", {}).get("patches", {})
-    return [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
-
-
-class NegativeAudioView:
-    """Calls one Sonic patch with the WITHOUT_AUDIO chunk labelled as negative, so
-    that chunk gets the negative audio tokens through the patch's own selection."""
-
-    def __init__(self, patch):
-        self.patch = patch
-
-    def __call__(self, n, extra_options):
-        chunks = extra_options.get("cond_or_uncond")
-        if chunks and WITHOUT_AUDIO in chunks:
-            extra_options = dict(extra_options)
-            extra_options["cond_or_uncond"] = [NEGATIVE if c == WITHOUT_AUDIO else c for c in chunks]
-        return self.patch(n, extra_options)
-
-
-def with_negative_audio_view(model_options):
-    """A shallow copy of model_options whose Sonic patches are seen through NegativeAudioView."""
-    to = model_options.get("transformer_options", {})
-    patches = to.get("patches", {})
-    listed = patches.get("attn2_output_patch", [])
-    viewed = [NegativeAudioView(p) if isinstance(p, SonicAudioPatch) else p for p in listed]
-    return {**model_options,
-            "transformer_options": {**to, "patches": {**patches, "attn2_output_patch": viewed}}}
+def without_audio(conds):
+    """Copies of processed cond dicts whose audio is the negative audio (same prompt)."""
+    out = []
+    for c in conds:
+        audio = c.get("model_conds", {}).get(MODEL_COND_KEY)
+        if audio is not None:
+            c = {**c, "model_conds": {**c["model_conds"], MODEL_COND_KEY: audio.without_audio()}}
+        out.append(c)
+    return out
 
 
 def predictions_needed(text_scale, audio_scale, cfg1_optimization=True):
@@ -84,8 +64,7 @@ class DualGuider(comfy.samplers.CFGGuider):
         s_text, s_audio = self.text_scale, self.audio_scale
         need = predictions_needed(s_text, s_audio, not model_options.get("disable_cfg1_optimization", False))
         conds = [self.conds.get(k) if need[k] else None for k in COND_KEYS]
-        options = with_negative_audio_view(model_options) if need["positive_without_audio"] else model_options
-        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
+        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
         # Text part through cfg_function, so sampler_cfg_function / post-cfg patches
         # (RescaleCFG and the like) apply as they do with CFGGuider. At s_text == s_audio
         # e(t,-) cancels and this is the joint guidance; at s_text == 1 cfg(c, c, 1) == c.
@@ -116,7 +95,7 @@ class AudioGuidanceRatio:
         r = self.ratio
         if r == 1.0 or positive is None:
             return comfy.samplers.calc_cond_batch(model, [positive, negative], x, sigma, options)
-        conds = [positive if r != 0.0 else None, negative, positive]
-        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(model, conds, x, sigma, with_negative_audio_view(options))
+        conds = [positive if r != 0.0 else None, negative, without_audio(positive)]
+        e_ta, e_nn, e_tn = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
         cond = e_tn if r == 0.0 else e_tn + (e_ta - e_tn) * r
         return [cond, e_nn]

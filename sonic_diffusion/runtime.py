@@ -1,6 +1,7 @@
 """A loaded adapter as ComfyUI handles it: weights in a ModelPatcher (so ComfyUI
 moves and offloads them with the UNet), projection to audio tokens, null tokens."""
 import copy
+import itertools
 
 import torch
 
@@ -25,14 +26,18 @@ def resident_dtype(model_patcher):
     return cast if cast in _HALF_OR_FULL else torch.float32
 
 
+_uids = itertools.count(1)
+
 # Embeddings projected per forward pass (bounds the activation memory, see project()).
 PROJECT_CHUNK = 32
 
 
 class SonicAdapter:
-    def __init__(self, model, name="adapter"):
+    def __init__(self, model, name="adapter", uid=None):
         self.model = model
         self.name = name
+        # Names this adapter in conditionings (Audio Conditioning (Sonic)); its dtype casts share it.
+        self.uid = uid or f"sonic-adapter-{next(_uids)}"
         self.patcher = comfy.model_patcher.ModelPatcher(
             model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
         self._null_tokens = None
@@ -47,7 +52,7 @@ class SonicAdapter:
         if dtype not in self._casts:
             model = copy.deepcopy(self.model)
             model.blocks.to(dtype)
-            cast = SonicAdapter(model, name=self.name)
+            cast = SonicAdapter(model, name=self.name, uid=self.uid)
             cast._null_tokens = self._null_tokens
             self._casts[dtype] = cast
         return self._casts[dtype]

@@ -103,8 +103,8 @@ def with_plain_reference(patched):
 
 
 def sonic_patches(model):
-    return [p for p in model.model_options["transformer_options"]["patches"]["attn2_output_patch"]
-            if isinstance(p, SonicAudioPatch)]
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    return [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
 
 
 @contextlib.contextmanager
@@ -154,11 +154,16 @@ def unet_call(model, x, t, ctx, chunks=(1, 0)):
     (1 = uncond, 0 = cond), sigmas given as the timesteps."""
     import copy
 
+    from sonic_diffusion.audio_call import labelled_call_audio
+
     to = copy.copy(model.model_options["transformer_options"])
     to["cond_or_uncond"] = list(chunks)
     to["sigmas"] = t.float()
+    extra = {}
+    if sonic_patches(model):
+        extra["sonic_audio"] = labelled_call_audio(model, chunks, x.shape[0] // len(chunks))
     with torch.no_grad():
-        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+        return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to, **extra)
 
 
 def unet_inputs(rows, seed=0, audios=1):

@@ -17,6 +17,8 @@ import torch
 from .. import AUDIO_EMBED_DIM
 from ..adapter import SonicAdapterModel, init_adapter_weights
 from ..checkpoints import bundle_metadata, bundle_tensors, split_bundle
+from ..audio_call import register
+from ..audio_rows import AudioTable, PatchRows, RunContext, SonicAudioBatch, attach
 from ..patch import SonicAudioPatch
 from ..runtime import SonicAdapter
 from . import losses
@@ -123,7 +125,7 @@ class Stage2Task:
         # Registered exactly as Apply Sonic Adapter does, on a clone; its transformer
         # options are what the UNet receives during sampling.
         clone = model_patcher.clone()
-        self.patch.register(clone)
+        register(clone, self.patch)
         self.transformer_options = clone.model_options.get("transformer_options", {})
         self.loss_parts = ["gate_tanh_abs"]
 
@@ -164,14 +166,15 @@ class Stage2Task:
         emb = torch.stack([torch.zeros(AUDIO_EMBED_DIM) if r[4] else self.embeds[r[0]] for r in rows]).to(dev)
         with torch.set_grad_enabled(bool(self.args.train_projector)):
             tokens = self.adapter_model.projector(emb.float())
-        self.patch.cond_tokens = tokens
-        self.patch.uncond_tokens = tokens
+        # The tokens (with their gradient) travel with the call, as the audio of a sampling run does.
+        table = AudioTable({self.patch.uid: PatchRows(tokens, None, "training")}, RunContext())
+        audio = SonicAudioBatch([attach(table.rows, table)])
         opts = dict(self.transformer_options)
         opts["cond_or_uncond"] = [0]
         opts["sigmas"] = ((1 - a) / a).sqrt().view(-1)
         with gradient_checkpointing(self.unet, self.args.grad_checkpointing):
-            eps = self.unet(x_t.to(cdt), timesteps=t.float(), context=ctx.to(cdt), transformer_options=opts)
-        self.patch.cleanup()
+            eps = self.unet(x_t.to(cdt), timesteps=t.float(), context=ctx.to(cdt), transformer_options=opts,
+                            sonic_audio=audio)
         per_sample = losses.epsilon_mse(eps, noise)
         gates = torch.stack([b.gate_adapter.detach().float() for b in self.adapter_model.blocks.values()])
         return per_sample.mean(), {"gate_tanh_abs": float(torch.tanh(gates).abs().mean())}

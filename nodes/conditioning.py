@@ -1,0 +1,65 @@
+"""Audio Conditioning (Sonic): audio that travels with a prompt, area or mask."""
+import torch
+from comfy_api.latest import io
+
+from ..sonic_diffusion.audio_rows import COND_KEY, AttachedAudio
+from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, check_curve,
+                     check_embeds, require_finite, schema)
+
+NODE = "Audio Conditioning (Sonic)"
+
+
+def _factors(strength, curve):
+    """Per-row factors strength x curve, or None when every factor is exactly 1."""
+    if curve is None:
+        return None if strength == 1.0 else torch.tensor([float(strength)])
+    return torch.as_tensor(curve, dtype=torch.float32).detach().reshape(-1).cpu() * float(strength)
+
+
+class SonicAudioConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="SonicAudioConditioning",
+            display_name=NODE,
+            category=CATEGORY,
+            description="Attaches audio to a CONDITIONING, so each prompt, area (Conditioning Set Area) or mask "
+                        "(Conditioning Set Mask) carries its own sound through ComfyUI's own cond machinery "
+                        "(guiders, areas, masks, context windows). Takes effect on a MODEL patched by Apply Sonic "
+                        "Adapter with the same adapter; it overrides the adapter's own audio_embeds for this prompt.",
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="The prompt (or area/mask conditioning) to carry the "
+                                                              "audio; it is copied, never changed."),
+                SonicAdapterType.Input("sonic_adapter", tooltip="The adapter of the Apply Sonic Adapter node that "
+                                                                "patches the model (its projector makes the tokens)."),
+                SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic) or Audio Encode Frames "
+                                                               "(Sonic): one embedding serves every latent, B map "
+                                                               "one-to-one onto B latents."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Multiplies Apply Sonic Adapter's strength for this prompt only."),
+                SonicStrengthCurve.Input("strength_curve", optional=True,
+                                         tooltip="One factor per latent for this prompt's audio, e.g. from Loudness "
+                                                 "Strength Curve (Sonic)."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, sonic_adapter, audio_embeds, strength=1.0, strength_curve=None):
+        require_finite(NODE, strength=strength)
+        check_embeds(NODE, audio_embeds=audio_embeds)
+        check_curve(NODE, strength_curve)
+        if not isinstance(conditioning, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2
+                                                         for c in conditioning):
+            raise NodeInputError(f"{NODE}: the conditioning input is not a CONDITIONING; connect a CLIP Text "
+                                 f"Encode (or Conditioning) node.")
+        try:
+            tokens = sonic_adapter.project(audio_embeds)
+        except ValueError as e:
+            raise NodeInputError(f"{NODE}: {e}. Connect Audio Encode (Sonic).") from None
+        audio = AttachedAudio(tokens, _factors(strength, strength_curve), NODE)
+        out = []
+        for embedding, options in conditioning:
+            attached = {**(options.get(COND_KEY) or {}), sonic_adapter.uid: audio}
+            out.append([embedding, {**options, COND_KEY: attached}])
+        return io.NodeOutput(out)
