@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from common import boot, interleaved, load_adapter, load_unet, summary
+from common import boot, call_audio, interleaved, load_adapter, load_unet, summary
 
 
 def make_runner(model, x, t, ctx, chunks):
@@ -26,10 +26,11 @@ def make_runner(model, x, t, ctx, chunks):
     to["cond_or_uncond"] = chunks
     to["sigmas"] = t.float()
     dm = model.model.diffusion_model
+    audio = call_audio(model, chunks, x.shape[0] // len(chunks))
 
     def run():
         with torch.no_grad():
-            return dm(x, timesteps=t, context=ctx, transformer_options=to)
+            return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
     return run
 
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from common import boot, load_adapter, load_unet, summary
+from common import boot, call_audio, load_adapter, load_unet, summary
 
 SECONDS, FPS, RATE = 180.0, 8.0, 44100
 
@@ -56,11 +56,12 @@ def time_unet_call(fs, size, reps):
     ctx = torch.randn(2, 77, 768)
     to = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=t)
     dm = patched.model.diffusion_model
+    audio = call_audio(patched, [1, 0], 1)
     times = []
     with torch.no_grad():
         for _ in range(reps + 1):  # the first call builds the adapter's per-sampling cache
             t0 = time.perf_counter()
-            dm(x, timesteps=t, context=ctx, transformer_options=to)
+            dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
             times.append(time.perf_counter() - t0)
     return summary(times[1:])[0]
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from common import boot, load_adapter, load_unet
+from common import boot, call_audio, load_adapter, load_unet
 
 
 def _print_breaks(reports):
@@ -66,12 +66,14 @@ def main():
         return to
 
     dm = model.model.diffusion_model
+    audio = {m: call_audio(m, [1, 0], 1) for m in (model, patched)}
     with torch.no_grad():
-        eager = dm(x, timesteps=t, context=ctx, transformer_options=options(patched))  # builds the cache
+        eager = dm(x, timesteps=t, context=ctx, transformer_options=options(patched), **audio[patched])
         reports = {}
         for label, m in (("plain", model), ("patched", patched)):
             torch._dynamo.reset()
-            reports[label] = torch._dynamo.explain(dm)(x, timesteps=t, context=ctx, transformer_options=options(m))
+            reports[label] = torch._dynamo.explain(dm)(x, timesteps=t, context=ctx, transformer_options=options(m),
+                                                       **audio[m])
     _print_breaks(reports)
 
     torch._dynamo.reset()
@@ -79,13 +81,13 @@ def main():
     to = options(patched)
     with torch.no_grad():
         t0 = time.perf_counter()
-        out = compiled(x, timesteps=t, context=ctx, transformer_options=to)
+        out = compiled(x, timesteps=t, context=ctx, transformer_options=to, **audio[patched])
         first = time.perf_counter() - t0
         times = {"eager": [], "compiled": []}
         for _ in range(args.reps):
             for label, fn in (("eager", dm), ("compiled", compiled)):
                 t0 = time.perf_counter()
-                fn(x, timesteps=t, context=ctx, transformer_options=to)
+                fn(x, timesteps=t, context=ctx, transformer_options=to, **audio[patched])
                 times[label].append(time.perf_counter() - t0)
     diff = (out - eager).abs().max().item()
     print(f"compiled ({args.backend}) vs eager, patched, {args.size}x{args.size} batch 2: max |diff| {diff:.2e} "

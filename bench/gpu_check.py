@@ -102,10 +102,11 @@ def _runner(model, x, t, ctx):
     to = copy.copy(model.model_options["transformer_options"])
     to.update(cond_or_uncond=[1, 0], sigmas=t.float())
     dm = model.model.diffusion_model
+    audio = common.call_audio(model, [1, 0], x.shape[0] // 2)
 
     def run():
         with torch.no_grad():
-            return dm(x, timesteps=t, context=ctx, transformer_options=to)
+            return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
     return run
 
 

@@ -12,7 +12,7 @@ import resource
 import psutil
 import torch
 
-from common import boot, device_name, load_adapter, load_unet, peak_allocated, reset_peak
+from common import boot, call_audio, device_name, load_adapter, load_unet, peak_allocated, reset_peak
 
 MIB = 2 ** 20
 
@@ -69,7 +69,8 @@ def main():
         to = copy.copy(m.model_options["transformer_options"])
         to.update(cond_or_uncond=[1, 0], sigmas=t.float())
         with torch.no_grad():
-            m.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+            m.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to,
+                                    **call_audio(m, [1, 0], x.shape[0] // 2))
 
     reset_peak(device)
     step(model)

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from common import ROOT, boot, interleaved, load_adapter, load_unet, profile_shares, summary
+from common import ROOT, boot, call_audio, interleaved, load_adapter, load_unet, profile_shares, summary
 
 
 def reference_unet(fs, tokens):
@@ -48,6 +48,7 @@ def comfy_runner(model, x, t, ctx, attention):
     to = copy.copy(model.model_options["transformer_options"])
     to.update(cond_or_uncond=[1, 0], sigmas=t.float())
     dm = model.model.diffusion_model
+    audio = call_audio(model, [1, 0], x.shape[0] // 2)
     chosen = {"default": attn.optimized_attention, "sdpa": attn.attention_pytorch}[attention]
 
     def run():
@@ -55,7 +56,7 @@ def comfy_runner(model, x, t, ctx, attention):
         attn.optimized_attention = chosen  # looked up at call time by ComfyUI's and the pack's attention
         try:
             with torch.no_grad():
-                return dm(x, timesteps=t, context=ctx, transformer_options=to)
+                return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
         finally:
             attn.optimized_attention = saved
     return run

@@ -1,6 +1,5 @@
 """Sonic Adapter Loader and Apply Sonic Adapter."""
 import folder_paths
-import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion import checkpoints

@@ -1,0 +1,170 @@
+"""Which prompt gets which audio, under every guider (docs/design.md section 10.6).
+
+Observed from outside: a spy on calc_cond_batch maps each chunk label to the guider's
+role for that cond list, a spy on the patch reads which token set each chunk used.
+References come from separately patched models through the stock CFGGuider only (cfg 1
+gives one prompt's prediction alone): model_audio gives every prompt the audio,
+model_null gives every prompt the null audio. A one-step Euler run to sigma 0 returns
+the guided prediction itself, so each guider's formula is checked on real predictions.
+"""
+import contextlib
+
+import pytest
+import torch
+
+import comfy.samplers
+import comfy.sd
+import folder_paths
+import nodes
+from comfy_extras import nodes_custom_sampler, nodes_perpneg
+
+from graphs import link_audio_graph_files
+from sonic_diffusion import AUDIO_EMBED_DIM
+from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
+from test_guidance import apply, cfg_guider, close, one_step, spy_calls
+
+AUDIO_A = "tone440_mono_44k_3s.wav"
+AUDIO_B = "noise_stereo_48k_10s_f32.wav"
+
+
+def _run(node_id, **inputs):
+    return nodes.NODE_CLASS_MAPPINGS[node_id].execute(**inputs).result
+
+
+@pytest.fixture(scope="module")
+def parts(host, fixture_dir):
+    n = link_audio_graph_files(host, fixture_dir, AUDIO_A, AUDIO_B)
+    model, clip, _ = comfy.sd.load_checkpoint_guess_config(
+        folder_paths.get_full_path_or_raise("checkpoints", n["ckpt"]), output_vae=False)[:3]
+    encoder = _run("SonicAudioEncoderLoader", clap_name=n["clap"])[0]
+
+    def embed(name):
+        audio = _run("SonicLoadAudio", audio=name, start_time=0.0, duration=0.0, gain_db=0.0)[0]
+        return _run("SonicAudioEncode", audio_encoder=encoder, audio=audio, window="center", offset=0.0)[0]
+
+    def text(prompt):
+        return nodes.CLIPTextEncode().encode(clip, prompt)[0]
+
+    p = {"model": model, "adapter": _run("SonicAdapterLoader", adapter_name=n["gates"], projector_name=n["proj"])[0],
+         "pos": text("a landscape photograph"), "neg": text("blurry"), "mid": text("a photograph"),
+         "empty": text(""), "audio": embed(n["a"]), "other_audio": embed(n["b"])}
+    p["patched"] = apply(p, p["audio"])
+    # References: every prompt with the audio / every prompt with the null audio (projector of 0).
+    p["model_audio"] = apply(p, p["audio"], p["audio"])
+    p["model_null"] = apply(p, torch.zeros(1, AUDIO_EMBED_DIM))
+    return p
+
+
+def prediction(parts, model, cond):
+    """One prompt's prediction alone (stock CFGGuider at cfg 1)."""
+    return one_step(cfg_guider(parts[model], parts[cond], parts["neg"], 1.0))
+
+
+@contextlib.contextmanager
+def observe_roles(monkeypatch, guider):
+    """Yields a set filled with (role, token kind) per chunk of every Sonic patch call;
+    token kind: "audio" (the adapter's audio), "negative" (its negative/null audio)."""
+    seen = set()
+    labels = {}
+    real_calc, real_call = comfy.samplers.calc_cond_batch, SonicAudioPatch.__call__
+
+    def calc(model, conds, *args, **kwargs):
+        roles = {i: next((r for r, lst in guider.conds.items() if lst is c), "?") for i, c in enumerate(conds)}
+        labels.clear()
+        labels.update(roles)
+        return real_calc(model, conds, *args, **kwargs)
+
+    def call(self, n, extra_options):
+        audio = extra_options[CALL_AUDIO]
+        for label, (rows, _) in zip(extra_options["cond_or_uncond"], audio.rows_of(self.uid)):
+            kind = "audio" if rows.tokens is self.cond_tokens else \
+                "negative" if rows.tokens is self.uncond_tokens else "other"
+            seen.add((labels.get(label, "?"), kind))
+        return real_call(self, n, extra_options)
+
+    monkeypatch.setattr(comfy.samplers, "calc_cond_batch", calc)
+    monkeypatch.setattr(SonicAudioPatch, "__call__", call)
+    yield seen
+
+
+def dual_cfg(model, parts, cfg1, cfg2, nested):
+    g = nodes_custom_sampler.Guider_DualCFG(model)
+    g.set_conds(parts["pos"], parts["mid"], parts["neg"])
+    g.set_cfg(cfg1, cfg2, nested) if nested else g.set_cfg(cfg1, cfg2)
+    return g
+
+
+def perp_neg_guider(model, parts, cfg, neg_scale):
+    g = nodes_perpneg.Guider_PerpNeg(model)
+    g.set_conds(parts["pos"], parts["neg"], parts["empty"])
+    g.set_cfg(cfg, neg_scale)
+    return g
+
+
+def _nested_supported():
+    import inspect
+
+    return "nested" in inspect.signature(nodes_custom_sampler.Guider_DualCFG.set_cfg).parameters
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_dual_cfg_guider_gives_audio_to_the_positive_only(parts, monkeypatch, nested):
+    if nested and not _nested_supported():
+        pytest.skip("this ComfyUI's Dual CFG Guider has no nested mode")
+    spied, calls = spy_calls(parts["patched"])
+    guider = dual_cfg(spied, parts, 5.0, 3.0, nested)
+    with observe_roles(monkeypatch, guider) as seen:
+        got = one_step(guider)
+    assert seen == {("positive", "audio"), ("middle", "negative"), ("negative", "negative")}
+    assert [sorted(c) for c in calls] == [[0, 1, 2]]  # all three prompts in one UNet call
+    monkeypatch.undo()
+    pos, mid, neg = (prediction(parts, "model_audio", "pos"), prediction(parts, "model_null", "mid"),
+                     prediction(parts, "model_null", "neg"))
+    want = neg + 3.0 * (mid + 5.0 * (pos - mid) - neg) if nested else neg + 3.0 * (mid - neg) + 5.0 * (pos - mid)
+    close(got, want)
+
+
+def test_perp_neg_guider_keeps_the_audio_out_of_empty_and_negative(parts, monkeypatch):
+    spied, calls = spy_calls(parts["patched"])
+    guider = perp_neg_guider(spied, parts, 6.0, 1.0)
+    with observe_roles(monkeypatch, guider) as seen:
+        got = one_step(guider)
+    assert seen == {("positive", "audio"), ("negative", "negative"), ("empty_negative_prompt", "negative")}
+    assert [sorted(c) for c in calls] == [[0, 1, 2]]
+    monkeypatch.undo()
+    pos, neg, empty = (prediction(parts, "model_audio", "pos"), prediction(parts, "model_null", "neg"),
+                       prediction(parts, "model_null", "empty"))
+    x = torch.zeros_like(pos)
+    close(got, nodes_perpneg.perp_neg(x, pos, neg, empty, 1.0, 6.0))
+    # The audio does not cancel out: the result differs from the audio-free guidance.
+    free = [prediction(parts, "model_null", c) for c in ("pos", "neg", "empty")]
+    assert (got - nodes_perpneg.perp_neg(x, *free, 1.0, 6.0)).abs().max() > 1e-3
+
+
+def test_cfg_guider_and_ksampler_batch_stay_one_call(parts, monkeypatch):
+    spied, calls = spy_calls(parts["patched"])
+    guider = cfg_guider(spied, parts["pos"], parts["neg"], 4.0)
+    with observe_roles(monkeypatch, guider) as seen:
+        got = one_step(guider)
+    assert seen == {("positive", "audio"), ("negative", "negative")}
+    assert [sorted(c) for c in calls] == [[0, 1]]
+    monkeypatch.undo()
+    pos, neg = prediction(parts, "model_audio", "pos"), prediction(parts, "model_null", "neg")
+    close(got, neg + 4.0 * (pos - neg))
+
+
+def test_pack_dual_guider_roles(parts, monkeypatch):
+    node = nodes.NODE_CLASS_MAPPINGS["SonicDualGuider"]
+    guider = node.execute(model=parts["patched"], positive=parts["pos"], negative=parts["neg"], text_cfg=5.0,
+                          audio_cfg=2.0).result[0]
+    with observe_roles(monkeypatch, guider) as seen:
+        one_step(guider)
+    assert seen == {("positive", "audio"), ("negative", "negative"), ("positive_without_audio", "negative")}
+
+
+def test_negative_audio_goes_to_every_other_role(parts, monkeypatch):
+    model = apply(parts, parts["audio"], parts["other_audio"])
+    guider = perp_neg_guider(model, parts, 6.0, 1.0)
+    with observe_roles(monkeypatch, guider) as seen:
+        one_step(guider)
+    assert seen == {("positive", "audio"), ("negative", "negative"), ("empty_negative_prompt", "negative")}
