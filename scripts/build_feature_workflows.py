@@ -7,6 +7,8 @@
 - sonic_audio_animation.json: Audio Encode Frames (Sonic) -> one latent per frame with
   Shared Noise (Sonic) and a Loudness Strength Curve (Sonic) -> frames (SaveImage), an
   animated WEBP and a video with the original audio track (CreateVideo -> SaveVideo)
+- sonic_regional_audio.json: two sounds in two halves of one image: Conditioning (Set Area)
+  -> Audio Conditioning (Sonic) per half -> Conditioning (Combine) -> KSampler
 
     .build/venv/bin/python scripts/build_feature_workflows.py
 """
@@ -136,10 +138,51 @@ def audio_animation():
     return g
 
 
+def _region(g, pos, adapter, enc_loader, audio_file, side, x, y):
+    """One half of the image with its own sound: audio -> encode -> area -> audio conditioning."""
+    audio = g.add("SonicLoadAudio", {"audio": audio_file}, (0, y), title=f"Load Audio ({side} half)")
+    encode = g.add("SonicAudioEncode", {}, (420, y), title=f"Audio Encode ({side} half)")
+    g.link(enc_loader, 0, encode, "audio_encoder")
+    g.link(audio, 0, encode, "audio")
+    area = g.add("ConditioningSetArea", {"width": 256, "height": 512, "x": x, "y": 0, "strength": 1.0}, (840, y),
+                 title=f"Conditioning (Set Area, {side} half)")
+    g.link(pos, 0, area, "conditioning")
+    sound = g.add("SonicAudioConditioning", {"strength": 1.0}, (1260, y), title=f"Audio Conditioning ({side} half)")
+    g.link(area, 0, sound, "conditioning")
+    g.link(adapter, 0, sound, "sonic_adapter")
+    g.link(encode, 0, sound, "audio_embeds")
+    return sound
+
+
+def regional_audio():
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": bw.SD15["name"]}, (0, 0), models=[bw.SD15])
+    pos = g.add("CLIPTextEncode", {"text": PROMPT}, (420, 0), title="Prompt")
+    neg = g.add("CLIPTextEncode", {"text": ""}, (420, 260), title="Negative prompt")
+    g.link(ckpt, 1, pos, "clip")
+    g.link(ckpt, 1, neg, "clip")
+    enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": bw.CLAP["name"]}, (0, 1360), models=[bw.CLAP])
+    adapter = g.add("SonicAdapterLoader", {"adapter_name": bw.ADAPTER["name"], "projector_name": bw.PROJECTOR["name"]},
+                    (420, 1360), models=[bw.ADAPTER, bw.PROJECTOR])
+    left = _region(g, pos, adapter, enc_loader, bw.AUDIO_A, "left", 0, 560)
+    right = _region(g, pos, adapter, enc_loader, bw.AUDIO_B, "right", 256, 900)
+    both = g.add("ConditioningCombine", {}, (1680, 560))
+    g.link(left, 0, both, "conditioning_1")
+    g.link(right, 0, both, "conditioning_2")
+    # The adapter without audio of its own: each half's prompt carries its sound.
+    apply = g.add("SonicApplyAdapter", {}, (840, 1360))
+    g.link(ckpt, 0, apply, "model")
+    g.link(adapter, 0, apply, "sonic_adapter")
+    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (1680, 260))
+    widgets = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+    return bw.ksampler_to_image(g, apply, (both, 0), (neg, 0), latent, ckpt, widgets, "sonic_regional", (2100, 0))
+
+
 WORKFLOWS = {
     "sonic_dual_guidance.json": dual_guidance,
     "sonic_audio_guidance_ksampler.json": ksampler_guidance,
     "sonic_audio_animation.json": audio_animation,
+    "sonic_regional_audio.json": regional_audio,
 }
 
 

@@ -85,7 +85,9 @@ class SonicAudioPatch:
         self.uid = f"sonic-patch-{next(_uids)}"
         self.adapter = adapter
         self.cond_tokens = cond_tokens
-        self.uncond_tokens = uncond_tokens
+        # No negative audio given: the null audio, projected now (never inside a UNet call).
+        self.uncond_tokens = uncond_tokens if uncond_tokens is not None or cond_tokens is None \
+            else adapter.null_tokens()
         self.strength = float(strength)
         self.start_percent = float(start_percent)
         self.end_percent = float(end_percent)
