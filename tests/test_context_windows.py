@@ -11,8 +11,8 @@ import torch
 import nodes
 
 from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
-from test_guidance import cfg_guider, close, sample
-from test_guider_roles import parts  # noqa: F401  (module fixture)
+from test_guidance import cfg_guider, sample
+from test_guider_roles import close, parts  # noqa: F401  (parts: module fixture)
 
 FRAMES = 8
 

@@ -9,6 +9,7 @@ import comfy.model_management as mm
 import nodes
 
 from sonic_diffusion.audio_call import CAPTURE
+from sonic_diffusion.audio_rows import RunContext
 from sonic_diffusion.patch import SonicAudioPatch, StreamCapture
 from sonic_reference import sonic_patches, unet_call, unet_inputs
 from test_guidance import apply, cfg_guider, one_step, sample
@@ -57,21 +58,25 @@ def test_two_threads_on_one_patched_model_equal_sequential_calls(parts, monkeypa
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_nothing_per_call_is_held_after_sampling(parts):
+def test_nothing_per_call_is_held_after_sampling(parts, monkeypatch):
     model = apply(parts, parts["audio"])
     patch = sonic_patches(model)[0]
     before = tensors_held(patch)
-    guider = cfg_guider(model, parts["pos"], parts["neg"], 5.0)
-    sample(guider, steps=2)
+    runs = []
+    real_init = RunContext.__init__
+
+    def record(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        runs.append(self)
+
+    monkeypatch.setattr(RunContext, "__init__", record)
+    sample(cfg_guider(model, parts["pos"], parts["neg"], 5.0), steps=2)
     # The patch holds exactly the tensors it was made with (its tokens), the capture none.
     assert tensors_held(patch) == before
     assert before == {id(patch.cond_tokens), id(patch.uncond_tokens)}
     assert tensors_held(CAPTURE) == set()
-    # The run's derived tensors were released with the run.
-    for conds in guider.conds.values():
-        for c in conds:
-            audio = c["model_conds"]["sonic_audio"]
-            assert audio.table.run._cache == {}
+    # The run built derived tensors and released them when it ended.
+    assert len(runs) == 1 and runs[0]._cache == {} and runs[0]._cache_left == 0
 
 
 def test_no_model_is_loaded_inside_a_unet_call(parts, monkeypatch):

@@ -11,8 +11,8 @@ import torch
 
 import nodes
 
-from test_guidance import apply, cfg_guider, close, one_step
-from test_guider_roles import parts  # noqa: F401  (module fixture)
+from test_guidance import apply, cfg_guider, one_step
+from test_guider_roles import close, parts  # noqa: F401  (parts: module fixture)
 
 # 64x64 pixels = 8x8 latents; region A is the left half, B the right half.
 SIZE = 64

@@ -16,6 +16,7 @@ EXPECTED_NODES = {
     "SonicAudioEmbedsMix": "Audio Embeds Mix (Sonic)",
     "SonicAdapterLoader": "Sonic Adapter Loader",
     "SonicApplyAdapter": "Apply Sonic Adapter",
+    "SonicAudioConditioning": "Audio Conditioning (Sonic)",
     "SonicAudioEdit": "Audio Edit (Sonic)",
     "SonicEditGuider": "Sonic Edit Guider",
     "SonicDDIMEditSampler": "Sonic DDIM Edit Sampler",
