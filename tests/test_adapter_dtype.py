@@ -99,9 +99,7 @@ def test_patch_follows_each_calls_dtype(adapter):
     first = patch(n, _call(patch, block, x, [0]))
     half = patch(n.half(), _call(patch, block, x.half(), [0]))
     assert half.dtype == torch.float16
-    print(f"fp16 vs fp32 call: max |diff| {float((half.float() - first).abs().max()):.3e}, "
-          f"max |out| {float(first.abs().max()):.3e}")
-    # measured max |fp16 - fp32| 1.9e-3 at |out| ~ 2: fp16 rounding of the stream and the term
+    # measured max |fp16 - fp32| 1.06e-3 at max |out| 2.34 (fp16 rounding of stream and term); bound ~10x
     torch.testing.assert_close(half.float(), first, rtol=0, atol=1e-2)
     assert torch.equal(patch(n, _call(patch, block, x, [0])), first)
 

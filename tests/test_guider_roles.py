@@ -57,7 +57,9 @@ def parts(host, fixture_dir):
 
 
 def close(got, want):
-    """test_guidance's bound (2e-5 x output scale); prints the measured ratio."""
+    """test_guidance's bound (2e-5 x output scale); prints the measured ratio. Measured here
+    (batched three- or two-prompt call vs one prompt per call): Dual CFG 2.9e-6, nested
+    5.8e-6, Perp-Neg 3.8e-6, CFG 2.5e-6; regions and context windows in their modules."""
     scale = max(1.0, float(want.abs().max()))
     print(f"max |diff| / scale: {float((got - want).abs().max()) / scale:.2e}")
     test_guidance.close(got, want)

@@ -59,7 +59,7 @@ def test_two_sounds_in_two_regions(parts, split):
     only_a = one_step(cfg_guider(apply(parts, parts["audio"]), combine(left, right), parts["neg"], 5.0))
     only_b = one_step(cfg_guider(apply(parts, parts["other_audio"]), combine(left, right), parts["neg"], 5.0))
     half = SIZE // 16  # latent columns of the left half
-    # measured max |diff| / scale: 0 for areas and masks (the same rows, batched alike)
+    # measured max |diff| / scale: 0 for areas and for masks (the same rows, batched alike)
     close(two[..., :half], only_a[..., :half])
     close(two[..., half:], only_b[..., half:])
     # Each half really carries its own sound.
