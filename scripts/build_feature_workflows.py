@@ -7,8 +7,8 @@
 - sonic_audio_animation.json: Audio Encode Frames (Sonic) -> one latent per frame with
   Shared Noise (Sonic) and a Loudness Strength Curve (Sonic) -> frames (SaveImage), an
   animated WEBP and a video with the original audio track (CreateVideo -> SaveVideo)
-- sonic_regional_audio.json: two sounds in two halves of one image: Conditioning (Set Area)
-  -> Audio Conditioning (Sonic) per half -> Conditioning (Combine) -> KSampler
+- sonic_regional_audio.json: two sounds in two halves of one image: Conditioning (Set Area with
+  Percentage) -> Audio Conditioning (Sonic) per half -> Conditioning (Combine) -> KSampler
 
     .build/venv/bin/python scripts/build_feature_workflows.py
 """
@@ -144,8 +144,9 @@ def _region(g, pos, adapter, enc_loader, audio_file, side, x, y):
     encode = g.add("SonicAudioEncode", {}, (420, y), title=f"Audio Encode ({side} half)")
     g.link(enc_loader, 0, encode, "audio_encoder")
     g.link(audio, 0, encode, "audio")
-    area = g.add("ConditioningSetArea", {"width": 256, "height": 512, "x": x, "y": 0, "strength": 1.0}, (840, y),
-                 title=f"Conditioning (Set Area, {side} half)")
+    # Fractions of the image, so the regions follow any latent size.
+    area = g.add("ConditioningSetAreaPercentage", {"width": 0.5, "height": 1.0, "x": x, "y": 0.0, "strength": 1.0},
+                 (840, y), title=f"Conditioning (Set Area, {side} half)")
     g.link(pos, 0, area, "conditioning")
     sound = g.add("SonicAudioConditioning", {"strength": 1.0}, (1260, y), title=f"Audio Conditioning ({side} half)")
     g.link(area, 0, sound, "conditioning")
@@ -164,8 +165,8 @@ def regional_audio():
     enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": bw.CLAP["name"]}, (0, 1360), models=[bw.CLAP])
     adapter = g.add("SonicAdapterLoader", {"adapter_name": bw.ADAPTER["name"], "projector_name": bw.PROJECTOR["name"]},
                     (420, 1360), models=[bw.ADAPTER, bw.PROJECTOR])
-    left = _region(g, pos, adapter, enc_loader, bw.AUDIO_A, "left", 0, 560)
-    right = _region(g, pos, adapter, enc_loader, bw.AUDIO_B, "right", 256, 900)
+    left = _region(g, pos, adapter, enc_loader, bw.AUDIO_A, "left", 0.0, 560)
+    right = _region(g, pos, adapter, enc_loader, bw.AUDIO_B, "right", 0.5, 900)
     both = g.add("ConditioningCombine", {}, (1680, 560))
     g.link(left, 0, both, "conditioning_1")
     g.link(right, 0, both, "conditioning_2")
