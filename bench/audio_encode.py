@@ -7,6 +7,8 @@ decoding and resampling in their own column.
     .build/venv/bin/python bench/audio_encode.py [--reps 3] [--batch 16] [--profile]
 
 --profile adds the share of the pack's encode time (batch 8) per kind of operator.
+The front end line says where the log-mel runs and in which precision (float64 on the
+CPU, float32 on the device otherwise) and its time per clip in both precisions.
 
 Targets: the pack >= 1.5x faster than msclap, >= 60% of the measured conv throughput;
 >= 1000x real time on a GPU (bench/gpu_check.py).
@@ -61,6 +63,23 @@ def timed(fn, reps, device):
     return times
 
 
+def frontend_line(encoder, clip, device, reps):
+    """Where the log-mel front end runs, in which precision, and its time per clip."""
+    from sonic_diffusion.clap_frontend import frontend_dtype
+
+    frontend = encoder.model.frontend
+    x = clip.to(device)
+    ms = {}
+    with torch.no_grad():
+        for dtype in (frontend_dtype(device), torch.float32):
+            frontend(x, dtype=dtype)  # warm-up
+            ms[dtype] = 1e3 * summary(timed(lambda: frontend(x, dtype=dtype), reps, device))[0]
+    chosen = frontend_dtype(device)
+    return (f"front end (log-mel): on {device_name(device)} in {chosen}, {ms[chosen]:.1f} ms per clip"
+            + (f" (float32 there: {ms[torch.float32]:.1f} ms)" if chosen != torch.float32 else "")
+            + "; no CPU round trip")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -93,6 +112,7 @@ def main():
     print(f"device: {device_name(device)} ({encoder.compute_dtype}), {torch.get_num_threads()} threads; one 10 s clip "
           f"= {gflop:.1f} GFLOP; decode (48 kHz stereo wav) {1e3 * decode:.0f} ms, resample + 10 s window "
           f"{1e3 * prep:.0f} ms" + (f"; msclap agrees: cos {float(cos.min()):.6f}" if peer is not None else ""))
+    print(frontend_line(encoder, clip, device, args.reps))
     if ceiling:
         print(f"measured fp32 3x3 conv throughput (Cnn14 shapes): {ceiling:.0f} GFLOP/s")
     for batch in (1, args.batch):

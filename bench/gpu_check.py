@@ -7,9 +7,12 @@
    adds no more error than 1.5x the plain UNet's own half-precision error, for the pack's
    cached path and the plain formula, one and several audios, uncond and cond rows);
 2. P1: adapter overhead per UNet step, fp16, 512x512, batch 2: summed kernel time from
-   torch.profiler, interleaved repetitions, median and IQR of the per-repetition ratio,
-   against the FLOP-counted floor (target <= 2.5%);
-3. P2: a 10 s clip to its embedding, batch 1 and 16, real-time factor (target >= 1000x);
+   torch.profiler and wall-clock time per step (synchronized; at small batch the
+   adapter's cost is launch-bound, which kernel time alone hides), interleaved
+   repetitions, median and IQR of the per-repetition ratio, against the FLOP-counted
+   floor (target <= 2.5%);
+3. P2: a 10 s clip to its embedding, batch 1 and 16, real-time factor (target >= 1000x),
+   with the front end's device and precision (float32 on a GPU, no CPU round trip);
 4. the allocator peak added by the adapter (one patched step) and by CLAP (one encode);
 5. one 512x512 20-step audio-to-image run and one edit through the node graph.
 Writes one JSON. The device is ComfyUI's (comfy.model_management), never named here.
@@ -125,6 +128,15 @@ def _kernel_ms(fn, device):
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
 
 
+def _wall_ms(fn, device):
+    """Wall-clock time of one synchronized call, in ms (launch overhead included)."""
+    common.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    common.synchronize(device)
+    return 1e3 * (time.perf_counter() - t0)
+
+
 def measure_p1(fs, adapter, device, cfg, smoke):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -162,6 +174,12 @@ def measure_p1(fs, adapter, device, cfg, smoke):
               "gflops_per_image": counts["plain"] / 2 / 1e9, "target_pct": 2.5,
               "inside_noise": q1 <= floor <= q3 or q1 <= 0.0 <= q3}
     result["meets_target"] = med <= result["target_pct"]
+    wall = common.interleaved_measure({"plain": plain, "sonic": ours}, cfg["p1_reps"],
+                                      lambda fn: _wall_ms(fn, device))
+    wmed, wq1, wq3 = common.ratio_summary(wall["sonic"], wall["plain"])
+    result.update({"wall_plain_ms_median": common.summary(wall["plain"])[0],
+                   "wall_sonic_ms_median": common.summary(wall["sonic"])[0],
+                   "wall_overhead_pct_median": wmed, "wall_overhead_pct_iqr": [wq1, wq3]})
     peak = _adapter_peak(model, patched, plain, ours, device)
     del model, patched
     _unload()
@@ -209,7 +227,10 @@ def measure_p2(fs, device, cfg):
         rows.append({"batch": batch, "ms_per_clip": 1e3 * med / batch, "real_time_factor": 10.0 * batch / med,
                      "rtf_iqr": [10.0 * batch / q3, 10.0 * batch / q1]})
     peak = common.peak_allocated(device)
+    from sonic_diffusion.clap_frontend import frontend_dtype
+
     result = {"device": str(encoder.patcher.load_device), "compute_dtype": str(encoder.compute_dtype),
+              "frontend_dtype": str(frontend_dtype(encoder.patcher.load_device)),
               "rows": rows, "target_rtf": 1000.0,
               "clap_peak_mib": None if peak is None else (peak - (before or 0)) / 2 ** 20}
     del encoder

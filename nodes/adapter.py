@@ -1,9 +1,11 @@
 """Sonic Adapter Loader and Apply Sonic Adapter."""
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion import checkpoints
-from ..sonic_diffusion.blocks import BLOCK_PRESETS, BLOCK_SITE_NAMES, BlockWeightsError, parse_block_weights
+from ..sonic_diffusion.blocks import (BLOCK_PRESETS, BLOCK_SITE_NAMES, FACTOR_LIMIT, BlockWeightsError, check_factor,
+                                      parse_block_weights)
 from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
 from ..sonic_diffusion.audio_call import register
 from ..sonic_diffusion.patch import SonicAudioPatch
@@ -31,11 +33,23 @@ def _site_weights(node, preset, text):
         try:
             return parse_block_weights(text)
         except BlockWeightsError as e:
-            raise NodeInputError(f"{node}: {e}. Give ten numbers or leave block_weights empty to use "
-                                 f"block_preset.") from None
+            raise NodeInputError(f"{node}: {e}. Give ten numbers, each within -{FACTOR_LIMIT:g}..{FACTOR_LIMIT:g}, "
+                                 f"or leave block_weights empty to use block_preset.") from None
     if preset not in BLOCK_PRESETS:
         raise NodeInputError(f"{node}: unknown block_preset {preset!r}; choose one of: {', '.join(BLOCK_PRESETS)}.")
     return BLOCK_PRESETS[preset]
+
+
+def _check_folded_factors(node, strength, strength_curve):
+    """strength and every strength_curve value are folded into fp16/bf16 weights: the range."""
+    try:
+        check_factor("strength", strength)
+        curve = None if strength_curve is None else torch.as_tensor(strength_curve)
+        if curve is not None and curve.numel() and bool(curve.isfinite().all()):  # NaN: refused below
+            worst = float(curve.abs().max())
+            check_factor("strength_curve's largest value (in magnitude)", worst)
+    except BlockWeightsError as e:
+        raise NodeInputError(f"{node}: {e}; each is multiplied into the adapter's weights.") from None
 
 
 class SonicAdapterLoader(io.ComfyNode):
@@ -128,7 +142,8 @@ class SonicApplyAdapter(io.ComfyNode):
                 io.String.Input("block_weights", default="", optional=True,
                                 tooltip=f"Overrides block_preset when not empty: ten numbers, one per site in "
                                         f"the order {BLOCK_SITE_NAMES}, e.g. '1, 1, 1, 1, 0.5, 0.5, 0.5, 0, 0, 0'. "
-                                        f"Each multiplies strength at its site; 0 turns the site off."),
+                                        f"Each multiplies strength at its site; 0 turns the site off; each "
+                                        f"within -{FACTOR_LIMIT:g}..{FACTOR_LIMIT:g}."),
                 SonicStrengthCurve.Input("strength_curve", optional=True,
                                          tooltip="One factor per latent on strength, e.g. from Loudness Strength "
                                                  "Curve (Sonic): with Audio Encode Frames the audio acts harder "
@@ -143,6 +158,7 @@ class SonicApplyAdapter(io.ComfyNode):
         node = "Apply Sonic Adapter"
         require_finite(node, strength=strength, start_percent=start_percent, end_percent=end_percent)
         weights = _site_weights(node, block_preset, block_weights)
+        _check_folded_factors(node, strength, strength_curve)
         if start_percent > end_percent:
             raise NodeInputError(f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); "
                                  f"swap them.")

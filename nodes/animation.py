@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
                                          loudness_strengths)
+from ..sonic_diffusion.blocks import check_factor
 from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
                      audio_value, require_finite, schema)
 
@@ -98,6 +99,8 @@ class SonicLoudnessCurve(io.ComfyNode):
         require_finite(CURVE, fps=fps, min_strength=min_strength, max_strength=max_strength, range_db=range_db)
         waveform, sample_rate = audio_value(CURVE, audio)
         try:
+            check_factor("min_strength", min_strength)  # the curve is folded into the adapter's term
+            check_factor("max_strength", max_strength)
             levels = frame_loudness_db(waveform, sample_rate, fps)
             return io.NodeOutput(loudness_strengths(levels, min_strength, max_strength, range_db))
         except ValueError as e:

@@ -77,7 +77,8 @@ class SonicLoadAudio(io.ComfyNode):
             category=CATEGORY + "/audio",
             description="Loads an audio file from ComfyUI's input folder (wav, flac, mp3, ogg, m4a...) with PyAV, "
                         "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node. Only "
-                        "files inside input/output/temp load; at most 30 minutes per load.",
+                        "files inside input/output/temp load; at most 30 minutes and at most the server's "
+                        "memory budget (SONIC_AUDIO_BUDGET_MB, default 512 MiB) per load.",
             inputs=[
                 io.Float.Input("start_time", default=0.0, min=0.0, max=1e6, step=0.1,
                                tooltip="Seconds to skip at the start of the file."),

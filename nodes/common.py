@@ -1,10 +1,13 @@
 """Shared glue: the pack's custom types and a Schema helper that works on every ComfyUI."""
 import dataclasses
 import math
+import numbers
 
 import torch
 
 from comfy_api.latest import io
+
+from ..sonic_diffusion.audio_prep import check_sample_rate
 
 SonicAudioEmbeds = io.Custom("SONIC_AUDIO_EMBEDS")
 SonicAdapterType = io.Custom("SONIC_ADAPTER")
@@ -42,10 +45,19 @@ def require_finite(node, **values):
 
 
 def audio_value(node, audio):
-    """(waveform, sample_rate) of an AUDIO input, or an error naming the node."""
+    """(waveform, int sample_rate) of an AUDIO input, or an error naming the node. The
+    pack's one sample-rate rule for every node that takes AUDIO (and for Load Audio
+    (Sonic) at decode time): a whole number of Hz within audio_prep's 1-768 kHz."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise NodeInputError(f"{node}: the audio input is not an AUDIO value; connect a Load Audio node.")
-    return audio["waveform"], audio["sample_rate"]
+    rate = audio["sample_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not float(rate).is_integer():
+        raise NodeInputError(f"{node}: the audio's sample rate {rate!r} is not a whole number of Hz; "
+                             f"resample it with a node that outputs a standard rate (e.g. 44100).")
+    try:
+        return audio["waveform"], check_sample_rate(rate)
+    except ValueError as e:
+        raise NodeInputError(f"{node}: {e}.") from None
 
 
 def check_embeds(node, **embeds):

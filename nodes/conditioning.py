@@ -3,6 +3,7 @@ import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion.audio_rows import COND_KEY, AttachedAudio
+from ..sonic_diffusion.blocks import FACTOR_LIMIT, BlockWeightsError, check_factor
 from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, check_curve,
                      check_embeds, require_finite, schema)
 
@@ -10,10 +11,19 @@ NODE = "Audio Conditioning (Sonic)"
 
 
 def _factors(strength, curve):
-    """Per-row factors strength x curve, or None when every factor is exactly 1."""
+    """Per-row factors strength x curve, or None when every factor is exactly 1. They take the
+    place of Apply Sonic Adapter's strength_curve for this prompt and are multiplied into the
+    term in the UNet's dtype, so each lies in the folded factors' range (blocks.FACTOR_LIMIT)."""
     if curve is None:
-        return None if strength == 1.0 else torch.tensor([float(strength)])
-    return torch.as_tensor(curve, dtype=torch.float32).detach().reshape(-1).cpu() * float(strength)
+        factors = None if strength == 1.0 else torch.tensor([float(strength)])
+    else:
+        factors = torch.as_tensor(curve, dtype=torch.float32).detach().reshape(-1).cpu() * float(strength)
+    if factors is not None and factors.numel():
+        try:
+            check_factor("strength x strength_curve (largest in magnitude)", float(factors.abs().max()))
+        except BlockWeightsError as e:
+            raise NodeInputError(f"{NODE}: {e}; lower strength or the curve.") from None
+    return factors
 
 
 class SonicAudioConditioning(io.ComfyNode):
@@ -35,11 +45,13 @@ class SonicAudioConditioning(io.ComfyNode):
                 SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic) or Audio Encode Frames "
                                                                "(Sonic): one embedding serves every latent, B map "
                                                                "one-to-one onto B latents."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                io.Float.Input("strength", default=1.0, min=-FACTOR_LIMIT, max=FACTOR_LIMIT, step=0.05,
                                tooltip="Multiplies Apply Sonic Adapter's strength for this prompt only."),
                 SonicStrengthCurve.Input("strength_curve", optional=True,
                                          tooltip="One factor per latent for this prompt's audio, e.g. from Loudness "
-                                                 "Strength Curve (Sonic)."),
+                                                 "Strength Curve (Sonic); it replaces Apply Sonic Adapter's "
+                                                 "strength_curve for this prompt. strength x curve stays within "
+                                                 f"-{FACTOR_LIMIT:g}..{FACTOR_LIMIT:g}."),
             ],
             outputs=[io.Conditioning.Output()],
         )

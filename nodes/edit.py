@@ -13,8 +13,7 @@ NODE = "Audio Edit (Sonic)"
 
 
 class SonicAudioEdit(io.ComfyNode):
-    # The node's inversion cache: weak references only, latents of the last two inversions.
-    inversions = edit.InversionCache(2)
+    # Inversions are cached per model (sonic_diffusion/edit/cache.py), freed with it.
 
     @classmethod
     def define_schema(cls):
@@ -55,7 +54,7 @@ class SonicAudioEdit(io.ComfyNode):
         try:
             out = edit.audio_edit(model, positive, negative, latent, steps=steps, cfg=cfg,
                                   attention_injection=attention_injection, feature_injection=feature_injection,
-                                  inversions=cls.inversions, callback=callback)
+                                  callback=callback)
         except edit.EditInputError as e:
             raise NodeInputError(f"{NODE}: {e}") from None
         out["samples"] = out["samples"].to(comfy.model_management.intermediate_device())

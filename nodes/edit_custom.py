@@ -54,8 +54,7 @@ class SonicEditGuider(io.ComfyNode):
 
 
 class SonicDDIMEditSampler(io.ComfyNode):
-    # The node's inversion cache: weak references only, latents of the last two inversions.
-    inversions = edit.InversionCache(2)
+    # Inversions are cached per model (sonic_diffusion/edit/cache.py), freed with it.
 
     @classmethod
     def define_schema(cls):
@@ -79,4 +78,4 @@ class SonicDDIMEditSampler(io.ComfyNode):
             edit.check_numbers(0.0, attention_injection, feature_injection)
         except edit.EditInputError as e:
             raise NodeInputError(f"{SAMPLER}: {e}") from None
-        return io.NodeOutput(_EditSamplerObject(attention_injection, feature_injection, cls.inversions))
+        return io.NodeOutput(_EditSamplerObject(attention_injection, feature_injection))

@@ -17,7 +17,7 @@ import torch
 import comfy.sample
 
 from . import CLAP_SAMPLE_RATE
-from .audio_prep import prepare_clip
+from .audio_prep import check_sample_rate, prepare_clip
 from .resample import output_length, resample_window
 
 MAX_WINDOW_S = 10.0
@@ -52,9 +52,7 @@ def mono_of(waveform):
 
 def checked_mono(waveform, sample_rate):
     """(mono [T] float32, int sample_rate) of one clip, refusing a bad rate or NaN/Inf samples."""
-    sample_rate = int(sample_rate)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    sample_rate = check_sample_rate(sample_rate)  # the pack's one rate rule (audio_prep)
     mono = mono_of(waveform)
     if not bool(torch.isfinite(mono).all()):
         raise ValueError("the audio contains NaN or infinite samples; fix or re-decode the source")

@@ -12,8 +12,7 @@ Two wrappers, registered once per model by Apply Sonic Adapter:
 """
 import comfy.patcher_extension
 
-from .audio_rows import COND_KEY, MODEL_COND_KEY, AudioTable, PatchRows, RunContext, attach, combine_factors, \
-    direct_batch
+from .audio_rows import COND_KEY, MODEL_COND_KEY, AudioTable, PatchRows, RunContext, attach, direct_batch
 from .patch import CALL_AUDIO, CALL_SIGMA, STREAM_ORDERED, SonicAudioPatch, StreamCapture
 
 STREAM_WRAPPER_KEY = "sonic_diffusion_stream_order"
@@ -45,13 +44,14 @@ def register(model_patcher, patch):
 
 # Start of a sampling run ---------------------------------------------------------------
 def rows_for(patch, cond, role):
-    """The audio `patch` gives one cond of `role`."""
+    """The audio `patch` gives one cond of `role`. Audio attached to the conditioning brings
+    its own per-row factors (strength x curve), in place of the patch's strength_curve."""
     if role in WITHOUT_AUDIO_ROLES:
         return patch.rows_for_role("negative")
     attached = (cond.get(COND_KEY) or {}).get(patch.adapter_uid)
     if attached is None:
         return patch.rows_for_role(role)
-    return PatchRows(attached.tokens, combine_factors(attached.factors, patch.row_strengths), attached.source)
+    return PatchRows(attached.tokens, attached.factors, attached.source)
 
 
 def cond_with_audio(cond, role, patches, run):

@@ -7,9 +7,12 @@ samples, and equals the full decode sliced at the same sample. Containers whose
 timestamps are coarser than one sample (Matroska/WebM count milliseconds) are
 decoded from the start instead, counting samples (exact, slower for late windows).
 
-Bounds: regular files only (never a device or FIFO), at most ``MAX_DECODE_SECONDS``
-of audio per decode, at most ``DECODE_TIME_LIMIT_S`` of wall time, and the caller's
-``check_interrupt`` (ComfyUI's Cancel) is called after every decoded frame.
+Bounds: regular files only (never a device or FIFO), rates within the pack's one
+sample-rate rule (audio_prep.check_sample_rate, checked before decoding), at most
+``MAX_DECODE_SECONDS`` of audio and at most the memory budget (audio_budget.py:
+samples x channels x 4 bytes, checked from the header before decoding and counted
+while decoding) per decode, at most ``DECODE_TIME_LIMIT_S`` of wall time, and the
+caller's ``check_interrupt`` (ComfyUI's Cancel) is called after every decoded frame.
 """
 import logging
 import math
@@ -20,7 +23,9 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from .audio_budget import budget_bytes, decoded_bytes, over_budget_message
 from .audio_declared import declared_seconds
+from .audio_prep import check_sample_rate
 from .paths import check_regular_file
 
 
@@ -65,8 +70,8 @@ class _Window:
     """Collects samples [start, start + need) of the full decode (need None: to the end,
     capped at ``cap`` samples) from frames placed at absolute sample positions."""
 
-    def __init__(self, start, need, cap):
-        self.start, self.need, self.cap = start, need, cap
+    def __init__(self, start, need, cap, budget):
+        self.start, self.need, self.cap, self.budget = start, need, cap, budget
         self.chunks, self.got, self.channels = [], 0, None
         self.end = 0  # one past the last sample position seen
 
@@ -87,12 +92,20 @@ class _Window:
         hi = n if self.need is None else min(n, lo + self.need - self.got)
         if self.need is None and self.got + hi - lo > self.cap:
             raise _TooLong()
+        if decoded_bytes(self.got + hi - lo, channels) > self.budget:
+            raise _OverBudget(self.got + hi - lo, channels)  # before the frame's samples are copied
         self.chunks.append(np.array(_frame_to_float(frame, channels)[:, lo:hi], dtype=np.float32, copy=True))
         self.got += hi - lo
 
 
 class _TooLong(Exception):
     pass
+
+
+class _OverBudget(Exception):
+    def __init__(self, samples, channels):
+        super().__init__(samples, channels)
+        self.samples, self.channels = samples, channels
 
 
 class _Guard:
@@ -189,7 +202,9 @@ def decode_audio(path, start_s=0.0, duration_s=0.0, gain_db=0.0, *, check_interr
     Returns ``(waveform, sample_rate)``: float32 CPU tensor ``[channels, samples]``
     at the file's own rate, multiplied by ``10 ** (gain_db / 20)`` (no normalisation).
     Raises AudioDecodeError for a missing, empty, non-regular, non-audio or truncated
-    file, for a start beyond the end, and for more than ``max_seconds`` of audio.
+    file, for a start beyond the end, for more than ``max_seconds`` of audio, for a rate
+    outside the pack's rule and for more decoded audio than the memory budget
+    (audio_budget.budget_bytes, from ``SONIC_AUDIO_BUDGET_MB``).
     ``check_interrupt`` is called after every frame (it raises to cancel).
     """
     import av  # PyAV; imported lazily so the package imports without it
@@ -225,22 +240,46 @@ def _decode(av, path, start_s, duration_s, max_seconds, guard):
         if sr <= 0:
             raise AudioDecodeError(f"{path!r}: the audio stream reports no sample rate; the file looks damaged")
         declared = declared_seconds(path, container, stream)
+        budget = _check_before_decoding(path, stream, sr, declared, start_s, duration_s)
         if duration_s == 0 and declared and declared - start_s > max_seconds + TRUNCATION_TOLERANCE_S:
             _refuse_too_long(path, max_seconds)
         start = int(round(start_s * sr))
         need = max(1, int(round(duration_s * sr))) if duration_s > 0 else None
-        window = _Window(start, need, int(max_seconds * sr))
+        window = _Window(start, need, int(max_seconds * sr), budget)
         status, err = "overshoot", None
         try:
             if start_s > _SEEK_MARGIN_S and _sample_exact_timestamps(stream, sr):
                 status, err = _run_pass(container, stream, sr, window, guard, start_s - _SEEK_MARGIN_S)
             if status != "ok":
-                window = _Window(start, need, window.cap)
+                window = _Window(start, need, window.cap, budget)
                 with _open(av, path) as fresh:  # fresh demuxer and decoder: the same state as a full decode
                     status, err = _run_pass(fresh, fresh.streams.audio[0], sr, window, guard, None)
         except _TooLong:
             _refuse_too_long(path, max_seconds)
+        except _OverBudget as e:
+            window.chunks.clear()
+            raise AudioDecodeError(f"{path!r}: " + over_budget_message(
+                sr, e.channels, e.samples / sr, budget, "decoded so far (the header declares less or nothing)"))
     return window, sr, declared, err
+
+
+def _check_before_decoding(path, stream, sr, declared, start_s, duration_s):
+    """The rate rule and the memory budget from the header alone; returns the budget."""
+    try:
+        check_sample_rate(sr)
+        budget = budget_bytes()
+    except ValueError as e:
+        raise AudioDecodeError(f"{path!r}: {e}") from None
+    channels = int(stream.codec_context.channels or 0)
+    if duration_s > 0 and not (declared and declared - start_s < duration_s):
+        seconds, how = duration_s, "requested (duration)"
+    elif declared:
+        seconds, how = max(declared - start_s, 0.0), "declared by the header"
+    else:
+        return budget  # no length known before decoding: counted while decoding
+    if channels and decoded_bytes(math.ceil(seconds * sr), channels) > budget:
+        raise AudioDecodeError(f"{path!r}: " + over_budget_message(sr, channels, seconds, budget, how))
+    return budget
 
 
 def _refuse_too_long(path, max_seconds):

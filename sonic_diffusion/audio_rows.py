@@ -46,18 +46,6 @@ class PatchRows:
     source: str
 
 
-def combine_factors(a, b):
-    """Product of two optional per-row factor vectors (one value serves every row)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-        raise AudioBatchError(f"a strength curve of {a.shape[0]} values and one of {b.shape[0]} values "
-                              f"act on the same latents; give curves of one length.")
-    return a * b
-
-
 def _row_count(by_patch):
     """The number of rows R a table maps: every patch's tokens and factors hold 1 or R."""
     counts = {}

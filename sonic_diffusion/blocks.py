@@ -71,9 +71,27 @@ class BlockWeightsError(ValueError):
     """A per-block weight list that cannot be used."""
 
 
+# Every float folded into the adapter's weights (strength, each block weight, each value
+# of a strength curve) lies in [-FACTOR_LIMIT, FACTOR_LIMIT]: the folded output projection
+# is strength x weight x tanh(gate) x W_out, cast to the UNet's dtype (fp16: max 65504),
+# and the curve multiplies the term in that dtype. At the limits (10 x 10 x 10) the fp16
+# fast path stays finite and within the fp32 reference's tolerance
+# (tests/test_weight_ranges.py); 10x the published strength is far past any useful edit.
+FACTOR_LIMIT = 10.0
+
+
+def check_factor(name, value):
+    """float(value), or BlockWeightsError when it is not finite or outside the limit."""
+    v = float(value)
+    if v != v or not -FACTOR_LIMIT <= v <= FACTOR_LIMIT:
+        raise BlockWeightsError(f"{name} {value!r} is outside the supported range "
+                                f"{-FACTOR_LIMIT:g}..{FACTOR_LIMIT:g}")
+    return v
+
+
 def parse_block_weights(text):
     """'1, 0.5, ...' (ten numbers, comma or space separated, in the order middle,
-    output 3..11) -> a tuple of ten finite floats."""
+    output 3..11) -> a tuple of ten floats, each within +-FACTOR_LIMIT."""
     parts = [p for p in text.replace(",", " ").split() if p]
     if len(parts) != len(ADAPTER_BLOCKS):
         raise BlockWeightsError(f"block_weights needs {len(ADAPTER_BLOCKS)} numbers ({BLOCK_SITE_NAMES}), "
@@ -86,5 +104,8 @@ def parse_block_weights(text):
             raise BlockWeightsError(f"block_weights: {p!r} is not a number (in {text!r})") from None
         if v != v or v in (float("inf"), float("-inf")):
             raise BlockWeightsError(f"block_weights: {p!r} is not a finite number (in {text!r})")
+        if not -FACTOR_LIMIT <= v <= FACTOR_LIMIT:
+            raise BlockWeightsError(f"block_weights: {p!r} is outside the supported range "
+                                    f"{-FACTOR_LIMIT:g}..{FACTOR_LIMIT:g} (in {text!r})")
         values.append(v)
     return tuple(values)

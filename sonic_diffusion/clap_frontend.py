@@ -5,6 +5,11 @@ folded in) on a reflect-padded signal, power 2, times the Slaney mel matrix,
 ``10*log10(max(mel, 1e-10))``. ``torch.stft`` with the same window, centring and
 padding computes the same spectrum (float32 noise, ~2e-4 dB); the mel matrix is
 the checkpoint's own ``melW`` buffer.
+
+Precision: on the CPU the spectrum is float64 (~1e-6 dB off librosa, ~10 ms a clip); on
+any other device it stays there in float32 (MPS has no float64, and float64 is slow on
+most GPUs): no round trip through the CPU. The float32 path's error against the float64
+reference is bounded in tests/test_clap_frontend_precision.py (measured there).
 """
 
 import numpy as np
@@ -93,17 +98,20 @@ class ClapFrontEnd(torch.nn.Module):
             mel_matrix = slaney_mel_matrix()
         self.register_buffer("melW", mel_matrix.detach().to(torch.float32).clone())
 
-    def forward(self, x):
-        # float64 spectrum (and window): float32 rounding leaks a loud tone into quiet
-        # bins (up to 0.05 dB there); float64 is ~1e-6 dB off librosa, for ~10 ms a clip.
-        # float64 runs on the CPU only (MPS has none, and it is slow on most GPUs):
-        # the log-mel goes back to the input's device as float32.
-        device = x.device
-        x = x.detach().to(device="cpu", dtype=torch.float64)
-        window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
+    def forward(self, x, dtype=None):
+        """``dtype``: the spectrum's precision; None picks frontend_dtype(x.device)."""
+        dtype = frontend_dtype(x.device) if dtype is None else dtype
+        x = x.detach().to(dtype=dtype)
+        window = torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=x.device)
         spec = torch.stft(x, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=window,
                           center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # [B, 513, frames], |X|^2
-        mel = torch.matmul(power.transpose(1, 2), self.melW.to(device="cpu", dtype=torch.float64))  # [B, frames, 64]
+        mel = torch.matmul(power.transpose(1, 2), self.melW.to(device=x.device, dtype=dtype))  # [B, frames, 64]
         logmel = torch.log10(torch.clamp(mel, min=AMIN)).mul_(10.0)  # ref 1.0, no top_db
-        return logmel.to(dtype=torch.float32).to(device=device)
+        return logmel.to(dtype=torch.float32)
+
+
+def frontend_dtype(device):
+    """float64 on the CPU (the reference precision, cheap there); float32, the best
+    precision every accelerator has, anywhere else."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from sonic_diffusion.audio_rows import (AudioBatchError, AudioTable, PatchRows, RunContext, SonicAudioBatch, attach,
-                                        combine_factors)
+from sonic_diffusion.audio_rows import AudioBatchError, AudioTable, PatchRows, RunContext, SonicAudioBatch, attach
 
 
 def rows(n_tokens, n_factors=None, source="Apply Sonic Adapter"):
@@ -68,11 +67,3 @@ def test_run_cache_builds_once_within_its_budget_and_is_released():
     run.release()
     run.derived("small", lambda: build(100))
     assert built == [100, 1000, 1000, 100]  # released, and nothing is kept after the run
-
-
-def test_factors_combine_per_row():
-    a, b = torch.tensor([2.0]), torch.tensor([1.0, 0.5, 0.0])
-    assert torch.equal(combine_factors(a, b), torch.tensor([2.0, 1.0, 0.0]))
-    assert combine_factors(None, b) is b and combine_factors(a, None) is a
-    with pytest.raises(AudioBatchError):
-        combine_factors(torch.ones(2), torch.ones(3))

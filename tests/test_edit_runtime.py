@@ -120,3 +120,16 @@ def test_cache_holds_weak_references_only(parts):
     del model
     gc.collect()
     assert wrapper() is None
+
+
+def test_comfyui_unloading_models_frees_the_inversion(parts):
+    """The real edit loads its model's inversion cache beside the UNet; ComfyUI's
+    unload_all_models (what `/free` runs) empties it, so the next edit inverts again."""
+    latent = fresh_latent(parts, 61)
+    assert _inversions(parts, latent=latent)[0] == STEPS
+    cache = edit.inversions_for(parts["patched"].model)
+    assert len(cache) >= 1 and any(m.model is cache.patcher for m in mm.current_loaded_models)
+    assert _inversions(parts, latent=latent)[0] == 0  # cached
+    mm.unload_all_models()
+    assert len(cache) == 0
+    assert _inversions(parts, latent=latent)[0] == STEPS

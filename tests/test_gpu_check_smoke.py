@@ -27,9 +27,12 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     p1 = report["p1_adapter_overhead"]
     assert p1["plain_ms_median"] > 0 and p1["sonic_ms_median"] > 0 and p1["flop_floor_pct"] > 0
     assert all(math.isfinite(v) for v in p1["overhead_pct_iqr"])
+    assert p1["wall_plain_ms_median"] > 0 and p1["wall_sonic_ms_median"] > 0  # wall clock, not only kernels
+    assert all(math.isfinite(v) for v in p1["wall_overhead_pct_iqr"])
     # 3. P2: one row per batch, positive real-time factors
     assert [r["batch"] for r in report["p2_audio_encode"]["rows"]] == [1, 2]
     assert all(r["real_time_factor"] > 0 for r in report["p2_audio_encode"]["rows"])
+    assert report["p2_audio_encode"]["frontend_dtype"] == "torch.float64"  # the CPU's; float32 on a GPU
     # 4. the CPU has no allocator peak to report, and says so
     assert report["adapter_peak"] == {"tracked": False}
     # 5. both graphs produced finite images of the requested size

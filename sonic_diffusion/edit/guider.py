@@ -6,6 +6,7 @@ import torch
 
 import comfy.samplers
 
+from .cache import attach, inversions_for
 from .inputs import check_latent, check_model, check_numbers
 from .injection import InjectionState, install_injection
 from .sampler import PnPDDIMSampler
@@ -18,7 +19,9 @@ class SonicEditGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher):
         check_model(model_patcher)
         self.injection = InjectionState()
-        super().__init__(install_injection(model_patcher, self.injection))
+        clone = install_injection(model_patcher, self.injection)
+        attach(clone, inversions_for(clone.model))  # unloading the model empties its inversion cache
+        super().__init__(clone)
 
     def prepare_areas(self, latent_hw):
         """Tells the hooks where each area conditioning sits (they crop the source there)."""
@@ -39,14 +42,16 @@ def edit_guider(model, positive, negative, cfg):
 
 
 def audio_edit(model, positive, negative, latent, steps, cfg, attention_injection, feature_injection,
-               inversions, callback=None):
+               inversions=None, callback=None):
     """The whole edit through ComfyUI's sampling: returns the edited LATENT (on the
-    model's device; the caller moves it)."""
+    model's device; the caller moves it). ``inversions``: None for the model's own cache."""
     if not 1 <= int(steps) <= 1000:
         raise EditInputError(f"steps is {steps}; use 1 to 1000 (50 as in the paper)")
     check_numbers(cfg, attention_injection, feature_injection)
     samples = check_latent(latent)
     guider = edit_guider(model, positive, negative, cfg)
+    if inversions is not None:
+        attach(guider.model_patcher, inversions)
     sampler = PnPDDIMSampler(attention_injection, feature_injection, inversions)
     sigmas = ddim_sigmas(guider.model_patcher.get_model_object("model_sampling"), int(steps))
     noise = torch.zeros_like(samples)  # unused: the edit starts from the inversion

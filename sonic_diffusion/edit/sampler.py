@@ -14,7 +14,7 @@ import comfy.model_management as mm
 import comfy.samplers
 
 from ..patch import AUDIO_OFF
-from .cache import dependencies, digest
+from .cache import dependencies, digest, inversions_for
 from .injection import INJECT, RECORD
 from .inputs import inversion_context
 from .schedule import EditInputError, EditSchedule, injection_steps
@@ -109,9 +109,9 @@ class PnPDDIMSampler(comfy.samplers.Sampler):
     """SAMPLER of the edit; it needs the GUIDER of Sonic Edit Guider. The noise is not
     used: the edit starts from the inversion of latent_image."""
 
-    def __init__(self, attention_injection, feature_injection, inversions):
+    def __init__(self, attention_injection, feature_injection, inversions=None):
         self.fractions = (float(attention_injection), float(feature_injection))
-        self.inversions = inversions  # an InversionCache owned by the node
+        self.inversions = inversions  # None: the model's own cache (cache.inversions_for)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -131,11 +131,12 @@ class PnPDDIMSampler(comfy.samplers.Sampler):
         key = (digest(latent_image), digest(context), tuple(sched.sigmas), sched.final_sigma)
         parts, objects = dependencies(base_model, guider.model_patcher, model_options)
         key += (parts,)
-        inverted = self.inversions.get(key, objects)
+        inversions = self.inversions if self.inversions is not None else inversions_for(base_model)
+        inverted = inversions.get(key, objects)
         progress = Progress(callback, sched.steps * (1 if inverted is not None else 2))
         if inverted is None:
             inverted = invert(base_model, model_options, latent_image, context, sched, progress)
-            self.inversions.put(key, objects, inverted)
+            inversions.put(key, objects, inverted)
         inverted = [t.to(latent_image.device) for t in inverted]
         counts = tuple(injection_steps(sched.steps, f) for f in self.fractions)
         x = pnp_sample(guider, model_options, inverted, context, sched, counts, extra_args.get("seed"), progress)
