@@ -65,11 +65,12 @@ class SonicAudioConditioning(io.ComfyNode):
                                                          for c in conditioning):
             raise NodeInputError(f"{NODE}: the conditioning input is not a CONDITIONING; connect a CLIP Text "
                                  f"Encode (or Conditioning) node.")
+        factors = _factors(strength, strength_curve)
         try:
             tokens = sonic_adapter.project(audio_embeds)
         except ValueError as e:
             raise NodeInputError(f"{NODE}: {e}. Connect Audio Encode (Sonic).") from None
-        audio = AttachedAudio(tokens, _factors(strength, strength_curve), NODE)
+        audio = AttachedAudio(tokens, factors, NODE)
         out = []
         for embedding, options in conditioning:
             attached = {**(options.get(COND_KEY) or {}), sonic_adapter.uid: audio}

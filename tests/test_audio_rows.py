@@ -67,3 +67,23 @@ def test_run_cache_builds_once_within_its_budget_and_is_released():
     run.release()
     run.derived("small", lambda: build(100))
     assert built == [100, 1000, 1000, 100]  # released, and nothing is kept after the run
+
+
+def test_audio_conditioning_refuses_factors_outside_the_folded_range():
+    """strength x strength_curve multiplies the term in the UNet's dtype: within -10..10, checked
+    before anything is projected, with the node named."""
+    import types
+
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["SonicAudioConditioning"]
+    adapter = types.SimpleNamespace(uid="a", project=lambda e: pytest.fail("projected before the range check"))
+    cond = [[torch.zeros(1, 77, 768), {}]]
+    with pytest.raises(ValueError, match=r"Audio Conditioning \(Sonic\): strength x strength_curve .* -10\.\.10"):
+        node.execute(conditioning=cond, sonic_adapter=adapter, audio_embeds=torch.zeros(1, 1024), strength=4.0,
+                     strength_curve=torch.tensor([1.0, 3.0]))
+    adapter.project = lambda e: torch.zeros(e.shape[0], 77, 768)
+    out = node.execute(conditioning=cond, sonic_adapter=adapter, audio_embeds=torch.zeros(1, 1024), strength=4.0,
+                       strength_curve=torch.tensor([1.0, 2.5])).result[0]
+    attached = out[0][1]["sonic_audio"]["a"]
+    assert torch.equal(attached.factors, torch.tensor([4.0, 10.0])) and cond[0][1] == {}  # input left as it was
