@@ -1,11 +1,12 @@
 """The example workflows in the real ComfyUI web UI, in headless Chromium.
 
-Starts the host's ComfyUI server (0.3.75, web UI from the PyPI package
-comfyui-frontend-package) on 127.0.0.1 with this pack, generated stand-in weights
-under the names the workflows list in properties.models, and the input files they
-use. Opens the page in Debian's chromium through Playwright (no browser download;
-every request that is not to the loopback server is blocked), drops every
-workflow file onto the canvas as a user would, and checks:
+Starts the host's ComfyUI server (0.3.75 or 0.33.0; the web UI is the PyPI package
+comfyui-frontend-package the host pins, or the version SONIC_FRONTEND names, served through
+--front-end-root) on 127.0.0.1 with this pack, generated stand-in weights under the names
+the workflows list in properties.models, and the input files they use. Opens the page in
+Debian's chromium through Playwright (no browser download; every request that is not to the
+loopback server is blocked), drops every workflow file (JSON, then its draggable PNG) onto
+the canvas with Chromium's own file drag-and-drop, and checks:
 - no missing-node / missing-model dialog (a deliberately broken workflow shows them);
 - every node is a registered type and its widgets hold the file's values;
 - the Run (Queue) button queues the graph and an image lands in the history;
