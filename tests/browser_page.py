@@ -3,6 +3,8 @@ dialogs, dropping a workflow file on the canvas, reading and setting widgets, fi
 and the page's own Export (API)."""
 import json
 
+import pytest
+
 import workflow_tools
 
 # What tells a user that a workflow cannot run as loaded: PrimeVue dialogs (the missing-node
@@ -164,3 +166,27 @@ def compare_with_export_api(page, ui, object_info):
             assert got["inputs"].get(name) == value, (node["class_type"], name, got["inputs"].get(name), value)
         extra = set(got["inputs"]) - set(node["inputs"])
         assert extra <= {"upload", "audioUI"}, (node["class_type"], extra)
+
+
+def check_nodes_and_widgets(page, ui):
+    """Every node of the file is on the page, of a registered type, its widgets holding the
+    file's values (each offered by its combo)."""
+    state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
+    for node in ui["nodes"]:
+        got = state[str(node["id"])]
+        assert got["type"] == node["type"]
+        assert got["known"] and got["has_def"] and not got["has_errors"], \
+            f"node {node['id']} ({node['type']}) is not a known type: {got}"
+        if node["type"] in workflow_tools.VIRTUAL_NODES:
+            continue
+        widgets = {w["name"]: w for w in got["widgets"]}
+        for name, value in expected_widgets(node).items():
+            assert name in widgets, f"node {node['id']} ({node['type']}) has no widget {name}: {list(widgets)}"
+            w = widgets[name]
+            if isinstance(value, float) or isinstance(w["value"], float):
+                assert w["value"] == pytest.approx(value), (node["type"], name)
+            else:
+                assert w["value"] == value, (node["type"], name, w["value"], value)
+            if w["options"] is not None and name != "control_after_generate":
+                assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
+                                              f"({w['options'][:10]})"

@@ -37,9 +37,8 @@ import pytest
 import comfy_host
 from comfy_server import ComfyServer, ServerError
 import workflow_tools
-from browser_page import (DIALOGS_JS, GRAPH_STATE_JS, LINKS_JS, close_dialogs, compare_with_export_api, drop_file,
-                          drop_workflow, expected_widgets, file_links, fit_view, open_dialogs, set_widgets,
-                          wait_for_graph)
+from browser_page import (DIALOGS_JS, LINKS_JS, check_nodes_and_widgets, close_dialogs, compare_with_export_api,
+                          drop_file, drop_workflow, file_links, fit_view, open_dialogs, set_widgets, wait_for_graph)
 from conftest import PACK_MODULE, ROOT
 from sonic_diffusion import examples
 from test_workflows import STAND_INS
@@ -177,30 +176,6 @@ def page(server, chromium, tmp_path_factory):
             yield pg
         finally:
             ctx.close()
-
-
-def check_nodes_and_widgets(page, ui):
-    """Every node of the file is on the page, of a registered type, its widgets holding the
-    file's values (each offered by its combo)."""
-    state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
-    for node in ui["nodes"]:
-        got = state[str(node["id"])]
-        assert got["type"] == node["type"]
-        assert got["known"] and got["has_def"] and not got["has_errors"], \
-            f"node {node['id']} ({node['type']}) is not a known type: {got}"
-        if node["type"] in workflow_tools.VIRTUAL_NODES:
-            continue
-        widgets = {w["name"]: w for w in got["widgets"]}
-        for name, value in expected_widgets(node).items():
-            assert name in widgets, f"node {node['id']} ({node['type']}) has no widget {name}: {list(widgets)}"
-            w = widgets[name]
-            if isinstance(value, float) or isinstance(w["value"], float):
-                assert w["value"] == pytest.approx(value), (node["type"], name)
-            else:
-                assert w["value"] == value, (node["type"], name, w["value"], value)
-            if w["options"] is not None and name != "control_after_generate":
-                assert value in w["options"], f"{node['type']}.{name}: {value!r} is not offered " \
-                                              f"({w['options'][:10]})"
 
 
 # --- tests ----------------------------------------------------------------------
