@@ -11,8 +11,8 @@ from ..sonic_diffusion.audio_call import register
 from ..sonic_diffusion.patch import SonicAudioPatch
 from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, check_curve,
-                     check_embeds, require_finite, schema)
+from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
+                     check_curve, check_embeds, require_finite, schema)
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
@@ -118,12 +118,13 @@ class SonicApplyAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="An SD 1.x MODEL; it is cloned, never changed."),
                 SonicAdapterType.Input("sonic_adapter", tooltip="From Sonic Adapter Loader."),
-                SonicAudioEmbeds.Input("audio_embeds", optional=True,
-                                       tooltip="From Audio Encode (Sonic); goes to the positive prompt. One embedding "
-                                               "serves every latent; B embeddings map one-to-one onto B latents. "
-                                               "Leave it unconnected when every prompt carries its own audio "
-                                               "(Audio Conditioning (Sonic)): unlinked positive prompts then get "
-                                               "the null audio."),
+                io.MultiType.Input("audio_embeds", EMBEDS_TYPES, optional=True,
+                                   tooltip="From Audio Encode (Sonic), or core Audio Encoder Encode fed by Audio "
+                                           "Encoder Loader (Sonic); goes to the positive prompt. One embedding "
+                                           "serves every latent; B embeddings map one-to-one onto B latents. Leave "
+                                           "it unconnected when every prompt carries its own audio (Audio "
+                                           "Conditioning (Sonic)): unlinked positive prompts then get the null "
+                                           "audio."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
                                tooltip="The paper's f: 1.0 as published, 0 disables the audio, negative pushes away."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -131,8 +132,8 @@ class SonicApplyAdapter(io.ComfyNode):
                                        "when each sampling run starts, with the model sampling then in force)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Sampling progress at which the audio stops acting."),
-                SonicAudioEmbeds.Input("negative_audio_embeds", optional=True,
-                                       tooltip="Audio for the negative prompt; default: the null audio "
+                io.MultiType.Input("negative_audio_embeds", EMBEDS_TYPES, optional=True,
+                                   tooltip="Audio for the negative prompt; default: the null audio "
                                                "(the projector's output for a zero embedding), as in the paper."),
                 # Appended last and optional, so saved workflows (positional widget values) still load.
                 io.Combo.Input("block_preset", options=list(BLOCK_PRESETS), default="all", optional=True,
@@ -166,6 +167,8 @@ class SonicApplyAdapter(io.ComfyNode):
             check_unet_fits(model, node)
         except IncompatibleModelError as e:
             raise NodeInputError(str(e)) from None
+        audio_embeds = audio_embeds_value(node, "audio_embeds", audio_embeds)
+        negative_audio_embeds = audio_embeds_value(node, "negative_audio_embeds", negative_audio_embeds)
         check_embeds(node, audio_embeds=audio_embeds, negative_audio_embeds=negative_audio_embeds)
         check_curve(node, strength_curve)
         sonic_adapter = sonic_adapter.with_block_dtype(resident_dtype(model))

@@ -146,7 +146,10 @@ class SonicAudioEncoderLoader(io.ComfyNode):
                         "Files live in models/audio_encoders.",
             inputs=[io.Combo.Input("clap_name", options=folder_paths.get_filename_list(CLAP_FOLDER),
                                    tooltip="CLAP_weights_2022.pth or its audio-only conversion.")],
-            outputs=[SonicAudioEncoderType.Output(display_name="audio_encoder")],
+            # The second output is the same encoder as core's AUDIO_ENCODER type, for core's "Audio
+            # Encoder Encode" (appended, so saved workflows' links to the first still hold).
+            outputs=[SonicAudioEncoderType.Output(display_name="audio_encoder"),
+                     io.AudioEncoder.Output(display_name="AUDIO_ENCODER")],
         )
 
     @classmethod
@@ -158,7 +161,8 @@ class SonicAudioEncoderLoader(io.ComfyNode):
             model = load_clap_state_dict(sd)
         except (ValueError, ClapWeightsError) as e:
             raise NodeInputError(f"{node}: {clap_name}: {e}") from None
-        return io.NodeOutput(ClapEncoder(model))
+        encoder = ClapEncoder(model)
+        return io.NodeOutput(encoder, encoder)
 
 
 class SonicAudioEncode(io.ComfyNode):

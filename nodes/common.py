@@ -8,11 +8,17 @@ import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion.audio_prep import check_sample_rate
+from ..sonic_diffusion.clap import ENCODER_OUTPUT_KIND
 
 SonicAudioEmbeds = io.Custom("SONIC_AUDIO_EMBEDS")
 SonicAdapterType = io.Custom("SONIC_ADAPTER")
 SonicAudioEncoderType = io.Custom("SONIC_AUDIO_ENCODER")
 SonicStrengthCurve = io.Custom("SONIC_STRENGTH_CURVE")
+# Core ComfyUI's "Audio Encoder Encode" output, as the pack's audio embeddings: the pack's CLAP
+# (Audio Encoder Loader (Sonic)'s AUDIO_ENCODER output) makes one that nodes taking audio_embeds
+# accept. One input of both types, not a converter node: core's output plugs straight in, and
+# saved workflows' SONIC_AUDIO_EMBEDS links still connect.
+EMBEDS_TYPES = [SonicAudioEmbeds, io.AudioEncoderOutput]
 
 CATEGORY = "SonicDiffusion"
 
@@ -71,3 +77,16 @@ def check_curve(node, curve):
     """Refuses a strength curve holding NaN or Inf (None passes)."""
     if curve is not None and not bool(torch.as_tensor(curve).isfinite().all()):
         raise NodeInputError(f"{node}: strength_curve holds NaN or Inf values; rebuild it from the audio.")
+
+
+def audio_embeds_value(node, name, value):
+    """The [B, 1024] embeddings of an audio_embeds input: the pack's own tensor as is, or core's
+    AUDIO_ENCODER_OUTPUT dict made from the pack's CLAP (marked with its "kind"); any
+    other encoder's output (e.g. wav2vec2 features) is refused with the fix."""
+    if not isinstance(value, dict):
+        return value
+    if value.get("kind") != ENCODER_OUTPUT_KIND or "encoded_audio" not in value:
+        raise NodeInputError(f"{node}: {name} is an AUDIO_ENCODER_OUTPUT of another audio encoder; SonicDiffusion "
+                             f"needs MS-CLAP 2022 embeddings: feed Audio Encoder Encode from Audio Encoder Loader "
+                             f"(Sonic), or use Audio Encode (Sonic).")
+    return value["encoded_audio"]

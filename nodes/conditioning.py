@@ -4,8 +4,8 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion.audio_rows import COND_KEY, AttachedAudio
 from ..sonic_diffusion.blocks import FACTOR_LIMIT, BlockWeightsError, check_factor
-from .common import (CATEGORY, NodeInputError, SonicAdapterType, SonicAudioEmbeds, SonicStrengthCurve, check_curve,
-                     check_embeds, require_finite, schema)
+from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
+                     check_curve, check_embeds, require_finite, schema)
 
 NODE = "Audio Conditioning (Sonic)"
 
@@ -42,9 +42,10 @@ class SonicAudioConditioning(io.ComfyNode):
                                                               "audio; it is copied, never changed."),
                 SonicAdapterType.Input("sonic_adapter", tooltip="The adapter of the Apply Sonic Adapter node that "
                                                                 "patches the model (its projector makes the tokens)."),
-                SonicAudioEmbeds.Input("audio_embeds", tooltip="From Audio Encode (Sonic) or Audio Encode Frames "
-                                                               "(Sonic): one embedding serves every latent, B map "
-                                                               "one-to-one onto B latents."),
+                io.MultiType.Input("audio_embeds", EMBEDS_TYPES,
+                                   tooltip="From Audio Encode (Sonic) or Audio Encode Frames (Sonic), or core Audio "
+                                           "Encoder Encode fed by Audio Encoder Loader (Sonic): one embedding serves "
+                                           "every latent, B map one-to-one onto B latents."),
                 io.Float.Input("strength", default=1.0, min=-FACTOR_LIMIT, max=FACTOR_LIMIT, step=0.05,
                                tooltip="Multiplies Apply Sonic Adapter's strength for this prompt only."),
                 SonicStrengthCurve.Input("strength_curve", optional=True,
@@ -59,6 +60,7 @@ class SonicAudioConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, sonic_adapter, audio_embeds, strength=1.0, strength_curve=None):
         require_finite(NODE, strength=strength)
+        audio_embeds = audio_embeds_value(NODE, "audio_embeds", audio_embeds)
         check_embeds(NODE, audio_embeds=audio_embeds)
         check_curve(NODE, strength_curve)
         if not isinstance(conditioning, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2

@@ -5,7 +5,15 @@
 #   no-torchaudio      the pack's audio path on the same host with `torchaudio` unimportable
 #                      (tests/conftest.py, SONIC_BLOCK_TORCHAUDIO=1): the audio test files
 #                      (tests/test_*audio*.py, tests/test_clap.py) and the registration test
-#   <tree name>        the whole suite on each further ComfyUI tree, with its own venv under
+#   <tree name>/browser-<v>  tests/test_browser.py on each further tree with the web UI
+#                      comfyui-frontend-package <v> (scripts/setup_frontends.sh installs it, the
+#                      server runs it through --front-end-root): by default the newest one in
+#                      scripts/frontends.txt. SONIC_BROWSER_FRONTENDS lists others; "host" is the
+#                      tree's own pin (1.49.6 on 0.33.0), e.g. the middle frontend, not in CI:
+#                        SONIC_BROWSER_FRONTENDS=host SONIC_TEST_JOBS=comfyui-0.33.0/browser-host \
+#                          bash scripts/run_tests.sh
+#                      (0.3.75's own pin, 1.32.9, runs in the comfyui-0.3.75 jobs.)
+#   <tree name>        the host-facing tests on each further ComfyUI tree, with its own venv under
 #                      $SONIC_HOSTS_BUILD_DIR/<tree name> (default .build-hosts/): the tree named
 #                      by SONIC_COMFYUI_DIR (e.g. your own install) and ../shared/hosts/comfyui-0.33.0
 #                      when it exists. Trees are used in place, read only.
@@ -51,11 +59,14 @@ fi
 # suite twice does not fit CI's time on 2 cores. SONIC_HOST_TESTS="tests" runs everything.
 # A failure there fails the run; SONIC_STRICT_HOSTS=0 reports it as advisory instead (for
 # trying a tree of your own).
-read -r -a host_tests <<< "${SONIC_HOST_TESTS:-tests/test_registration.py tests/test_node_docs.py tests/test_workflows.py tests/test_audio_paths.py tests/test_generation.py tests/test_combinations.py tests/test_loudness_curve.py tests/test_edit_comfy.py tests/test_server_memory.py tests/test_inversion_cache.py tests/test_audio_budget.py tests/test_audio_rate_rule.py tests/test_weight_ranges.py}"
+read -r -a host_tests <<< "${SONIC_HOST_TESTS:-tests/test_registration.py tests/test_node_docs.py tests/test_workflows.py tests/test_audio_paths.py tests/test_generation.py tests/test_combinations.py tests/test_loudness_curve.py tests/test_edit_comfy.py tests/test_server_memory.py tests/test_inversion_cache.py tests/test_audio_budget.py tests/test_audio_rate_rule.py tests/test_weight_ranges.py tests/test_audio_encoder_interop.py tests/test_audio_rows.py tests/test_guider_roles.py tests/test_regions.py tests/test_patch_state.py tests/test_context_windows.py}"
 host_advisory=
 [ "${SONIC_STRICT_HOSTS:-1}" = 0 ] && host_advisory=yes
 
 wanted() { [ -z "${SONIC_TEST_JOBS:-}" ] || [[ " $SONIC_TEST_JOBS " == *" $1 "* ]]; }
+# A further tree is built when its own job or one of its browser jobs is wanted.
+wanted_tree() { wanted "$1" || [[ " ${SONIC_TEST_JOBS:-} " == *" $1/browser-"* ]]; }
+read -r -a browser_frontends <<< "${SONIC_BROWSER_FRONTENDS:-$(grep -v '^#' "$ROOT/scripts/frontends.txt" | awk 'NF {v = $1} END {print v}')}"
 
 # The 0.3.75 host first. The further hosts' venvs build in the background while the first
 # jobs run (pip mostly waits on disk and network, the tests on the CPU); a broken build fails
@@ -69,7 +80,7 @@ if [ ${#extra_hosts[@]} -gt 0 ]; then
     (
         for dir in "${extra_hosts[@]}"; do
             name=$(basename "$dir")
-            wanted "$name" || continue
+            wanted_tree "$name" || continue
             SONIC_COMFYUI_DIR=$dir SONIC_BUILD_DIR=$HOSTS_BUILD/$name SONIC_TORCH_FROM=$BUILD/venv \
                 bash "$ROOT/scripts/setup_host.sh" || exit 1
         done
@@ -78,6 +89,7 @@ if [ ${#extra_hosts[@]} -gt 0 ]; then
     say "building the further hosts in the background (log: $build_log)"
 fi
 bash "$ROOT/scripts/setup_browser.sh"
+SONIC_BUILD_DIR="$BUILD" bash "$ROOT/scripts/setup_frontends.sh"
 say "0.3.75 host ready in $((SECONDS - t0)) s"
 
 cd "$ROOT"
@@ -129,11 +141,20 @@ if [ -n "$build_pid" ]; then
 fi
 for dir in "${extra_hosts[@]+"${extra_hosts[@]}"}"; do
     name=$(basename "$dir")
-    wanted "$name" || continue
     # The tree is read only: bytecode goes to the build folder.
-    advisory=$host_advisory run_job "$name" SONIC_COMFYUI_DIR="$dir" SONIC_BUILD_DIR="$HOSTS_BUILD/$name" \
-        PYTHONPYCACHEPREFIX="$HOSTS_BUILD/$name/pycache" -- \
-        "$HOSTS_BUILD/$name/venv/bin/python" -m pytest "${host_tests[@]}" -rs "$@"
+    tree_env=(SONIC_COMFYUI_DIR="$dir" SONIC_BUILD_DIR="$HOSTS_BUILD/$name" PYTHONPYCACHEPREFIX="$HOSTS_BUILD/$name/pycache")
+    if wanted "$name"; then
+        advisory=$host_advisory run_job "$name" "${tree_env[@]}" -- \
+            "$HOSTS_BUILD/$name/venv/bin/python" -m pytest "${host_tests[@]}" -rs "$@"
+    fi
+    for v in "${browser_frontends[@]+"${browser_frontends[@]}"}"; do
+        wanted "$name/browser-$v" || wanted "$name" || continue
+        fe=$v
+        [ "$v" = host ] && fe=
+        advisory=$host_advisory run_job "$name/browser-$v" "${tree_env[@]}" SONIC_FRONTEND="$fe" \
+            SONIC_FRONTENDS_DIR="$BUILD/frontends" -- \
+            "$HOSTS_BUILD/$name/venv/bin/python" -m pytest tests/test_browser.py -rs "$@"
+    done
 done
 
 after=$(checkout_state)

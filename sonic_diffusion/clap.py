@@ -30,6 +30,7 @@ import comfy.model_patcher
 import comfy.ops
 
 from . import AUDIO_EMBED_DIM, CLAP_CLIP_SAMPLES
+from .audio_prep import prepare_clip
 from .clap_frontend import N_MELS, ClapFrontEnd, dft_kernels
 from .files import write_atomic
 from .safe_load import load_weights_file
@@ -380,3 +381,17 @@ class ClapEncoder:
                 if progress is not None:
                     progress(min(s + self.batch_size, total))
         return torch.cat(out, 0) if out else torch.zeros(0, AUDIO_EMBED_DIM)
+
+    def encode_audio(self, waveform, sample_rate):
+        """What core ComfyUI's "Audio Encoder Encode" node calls on an AUDIO_ENCODER: the
+        official preprocessing (mono, 44.1 kHz, the centre 10 s; shorter clips repeated, as
+        Audio Encode (Sonic) with its default window) and the embeddings, in core's
+        AUDIO_ENCODER_OUTPUT dict. "encoded_audio" is [B, 1024] (one vector per clip, not
+        core's per-frame features); ENCODER_OUTPUT_KIND tells the pack's nodes what it holds."""
+        clips = prepare_clip(waveform, sample_rate, window="center")
+        embeds = self.encode(clips, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        return {"encoded_audio": embeds, "audio_samples": clips.shape[-1], "kind": ENCODER_OUTPUT_KIND}
+
+
+# The "kind" of an AUDIO_ENCODER_OUTPUT made by ClapEncoder.encode_audio.
+ENCODER_OUTPUT_KIND = "sonic_diffusion.ms_clap_2022"

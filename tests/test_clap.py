@@ -30,7 +30,7 @@ def _signals():
 def _msclap_reference():
     """msclap's own Cnn14 + Projection classes, loaded from the installed package's
     files without importing the package (its __init__ pulls in transformers and
-    the text tower). Only the import lines are neutralised; the model code runs as is."""
+    the text tower). Its imports of the text tower get stand-in modules; the model code runs as is."""
     spec = importlib.util.find_spec("msclap")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("msclap is not installed")
@@ -39,19 +39,24 @@ def _msclap_reference():
     pkg.__path__ = [root]
     htsat = types.ModuleType("_msclap_ref.htsat")
     htsat.HTSATWrapper = None  # the 2023 tower; not used by Cnn14
-    saved = {k: sys.modules.get(k) for k in ("_msclap_ref", "_msclap_ref.htsat", "_msclap_ref.audio")}
+    # clap.py's first import is the text tower's transformers: a stand-in module while it loads.
+    tf = types.ModuleType("transformers")
+    tf.AutoModel = None
+    names = ("_msclap_ref", "_msclap_ref.htsat", "_msclap_ref.audio", "_msclap_ref.clap", "transformers")
+    saved = {k: sys.modules.get(k) for k in names}
     sys.modules["_msclap_ref"] = pkg
     sys.modules["_msclap_ref.htsat"] = htsat
+    sys.modules["transformers"] = tf
     try:
         aspec = importlib.util.spec_from_file_location("_msclap_ref.audio", os.path.join(root, "audio.py"))
         audio = importlib.util.module_from_spec(aspec)
         sys.modules["_msclap_ref.audio"] = audio
         aspec.loader.exec_module(audio)
-        src = open(os.path.join(root, "clap.py"), encoding="utf-8").read()
-        src = src.replace("from transformers import AutoModel", "AutoModel = None")
-        src = src.replace("from .audio import get_audio_encoder", "get_audio_encoder = None")
-        ns = {"__name__": "_msclap_ref.clap"}
-        exec(compile(src, os.path.join(root, "clap.py"), "exec"), ns)
+        cspec = importlib.util.spec_from_file_location("_msclap_ref.clap", os.path.join(root, "clap.py"))
+        clap_mod = importlib.util.module_from_spec(cspec)
+        sys.modules["_msclap_ref.clap"] = clap_mod
+        cspec.loader.exec_module(clap_mod)
+        ns = vars(clap_mod)
     finally:
         for k, v in saved.items():
             if v is None:
