@@ -167,16 +167,16 @@ def regional_audio():
                     (420, 1360), models=[bw.ADAPTER, bw.PROJECTOR])
     left = _region(g, pos, adapter, enc_loader, bw.AUDIO_A, "left", 0.0, 560)
     right = _region(g, pos, adapter, enc_loader, bw.AUDIO_B, "right", 0.5, 900)
-    both = g.add("ConditioningCombine", {}, (1680, 560))
+    both = g.add("ConditioningCombine", {}, (1680, 900))
     g.link(left, 0, both, "conditioning_1")
     g.link(right, 0, both, "conditioning_2")
     # The adapter without audio of its own: each half's prompt carries its sound.
     apply = g.add("SonicApplyAdapter", {}, (840, 1360))
     g.link(ckpt, 0, apply, "model")
     g.link(adapter, 0, apply, "sonic_adapter")
-    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (1680, 260))
+    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, (1680, 560))
     widgets = {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
-    return bw.ksampler_to_image(g, apply, (both, 0), (neg, 0), latent, ckpt, widgets, "sonic_regional", (2100, 0))
+    return bw.ksampler_to_image(g, apply, (both, 0), (neg, 0), latent, ckpt, widgets, "sonic_regional", (2520, 0))
 
 
 WORKFLOWS = {
