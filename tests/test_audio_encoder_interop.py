@@ -72,8 +72,10 @@ def test_the_loader_output_and_adapter_input_types():
     apply = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
     assert list(loader.RETURN_TYPES) == ["SONIC_AUDIO_ENCODER", "AUDIO_ENCODER"]
     inputs = apply.INPUT_TYPES()
-    for section, name in (("required", "audio_embeds"), ("optional", "negative_audio_embeds")):
-        assert set(inputs[section][name][0].split(",")) == {"SONIC_AUDIO_EMBEDS", "AUDIO_ENCODER_OUTPUT"}
+    for name in ("audio_embeds", "negative_audio_embeds"):  # both optional (prompts may carry the audio)
+        assert set(inputs["optional"][name][0].split(",")) == {"SONIC_AUDIO_EMBEDS", "AUDIO_ENCODER_OUTPUT"}
+    conditioning = nodes.NODE_CLASS_MAPPINGS["SonicAudioConditioning"].INPUT_TYPES()
+    assert set(conditioning["required"]["audio_embeds"][0].split(",")) == {"SONIC_AUDIO_EMBEDS", "AUDIO_ENCODER_OUTPUT"}
 
 
 def test_another_encoders_output_is_refused_with_the_fix():
