@@ -16,10 +16,10 @@ MIB = 2 ** 20
 QUEUES = 20
 # Measured growth from queue 5 to 20 (2-core CPU, ComfyUI 0.3.75): 0.0 MiB while the adapter's
 # derived tensors lived on the patch; since each sampling run builds them afresh (folded
-# projections for 10 blocks x 2 chunks, 88 MiB in fp32) and frees them when it ends, the
+# projections and keys/values of 10 blocks x 2 chunks, about 70 MiB in fp32) and frees them when it ends, the
 # allocator may still hold one run's worth: -58, -37, +64 and +88 MiB in four runs. A leak of
 # them (or of one adapter copy, 132 MiB, one UNet activation set or one CLAP clip) per queue
-# would pass 15 x 88 MiB within 15 queues; the bound is one and a half runs' worth.
+# would pass 15 x 70 MiB within 15 queues; the bound is about two runs' worth.
 GROWTH_BOUND_MIB = 132
 
 
