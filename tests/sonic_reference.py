@@ -184,3 +184,14 @@ def apply_adapter(model, adapter, embeds, **inputs):
     args = {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, **inputs}
     node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
     return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, **args).result[0]
+
+
+def block_call(patch, block, x, chunks):
+    """extra_options of one block call of `patch` as the pack's wrapper and capture fill them:
+    the stream x, the call's audio by chunk label (1 = negative prompt) and the ordering mark."""
+    from sonic_diffusion.audio_rows import direct_batch
+    from sonic_diffusion.patch import CALL_AUDIO, STREAM, STREAM_ORDERED
+
+    audio = direct_batch([patch], list(chunks), x.shape[0] // len(chunks))
+    return {"block": block.comfy_block, "cond_or_uncond": list(chunks), STREAM_ORDERED: True, STREAM: x,
+            CALL_AUDIO: audio}

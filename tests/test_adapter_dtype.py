@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
-from sonic_diffusion.audio_rows import direct_batch
-from sonic_diffusion.patch import CALL_AUDIO, STREAM, STREAM_ORDERED, SonicAudioPatch
+from sonic_diffusion.patch import SonicAudioPatch
 from sonic_diffusion.runtime import resident_dtype
-from sonic_reference import reference_term
+from sonic_reference import block_call, reference_term
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -46,12 +45,6 @@ def test_resident_dtype_follows_comfyui_storage_and_manual_cast():
     assert resident_dtype(_fake_patcher(torch.float8_e4m3fn, None)) == torch.float32
 
 
-def _call(patch, block, x, chunks):
-    """extra_options of one block call as the pack's wrapper and capture fill them."""
-    audio = direct_batch([patch], chunks, x.shape[0] // len(chunks))
-    return {"block": block.comfy_block, "cond_or_uncond": chunks, STREAM_ORDERED: True, STREAM: x, CALL_AUDIO: audio}
-
-
 def _stream(block, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(2, 64, block.dim, generator=g) * 2.0).to(dtype)
@@ -76,7 +69,7 @@ def test_fast_path_in_half_precision(adapter, dtype, key):
     # rounding of n + term to the half dtype (which hides any difference at |n| ~ 1).
     n = torch.zeros_like(x)
     chunks = [1, 0]
-    out = patch(n, _call(patch, block, x, chunks))
+    out = patch(n, block_call(patch, block, x, chunks))
     assert out.dtype == dtype
     reference = n.float() + reference_term(patch, block, x.float() + n.float(), chunks).float()
     tokens = torch.cat([cast.null_tokens(), patch.cond_tokens]).to(dtype)
@@ -96,12 +89,12 @@ def test_patch_follows_each_calls_dtype(adapter):
     assert not hasattr(patch, "to") and not hasattr(patch, "cleanup")
     block = BLOCKS_BY_COMFY_KEY[("output", 9)]
     x, n = _stream(block, torch.float32, seed=4)
-    first = patch(n, _call(patch, block, x, [0]))
-    half = patch(n.half(), _call(patch, block, x.half(), [0]))
+    first = patch(n, block_call(patch, block, x, [0]))
+    half = patch(n.half(), block_call(patch, block, x.half(), [0]))
     assert half.dtype == torch.float16
     # measured max |fp16 - fp32| 1.06e-3 at max |out| 2.34 (fp16 rounding of stream and term); bound ~10x
     torch.testing.assert_close(half.float(), first, rtol=0, atol=1e-2)
-    assert torch.equal(patch(n, _call(patch, block, x, [0])), first)
+    assert torch.equal(patch(n, block_call(patch, block, x, [0])), first)
 
 
 def test_production_objects_carry_no_test_switches(adapter):

@@ -8,8 +8,8 @@ import torch
 import nodes
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY, FACTOR_LIMIT, BlockWeightsError, \
     parse_block_weights
-from sonic_diffusion.patch import STREAM_ORDERED, SonicAudioPatch
-from sonic_reference import reference_term
+from sonic_diffusion.patch import SonicAudioPatch
+from sonic_reference import block_call, reference_term
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
 CURVE = nodes.NODE_CLASS_MAPPINGS["SonicLoudnessCurve"]
@@ -70,8 +70,7 @@ def test_fp16_folding_at_the_limits_stays_finite_and_close(adapter, key, sign):
     x = (torch.randn(2, 64, block.dim, generator=g) * 4.0).to(torch.float16)
     n = torch.zeros_like(x)  # the output is the term itself
     chunks = [1, 0]
-    patch.capture.x = x
-    out = patch(n, {"block": key, "cond_or_uncond": chunks, STREAM_ORDERED: True})
+    out = patch(n, block_call(patch, block, x, chunks))
     assert out.dtype == torch.float16 and bool(out.isfinite().all())
     reference = FACTOR_LIMIT * reference_term(patch, block, x.float(), chunks).float()
     rel = float((out.float() - reference).abs().max() / reference.abs().max())
