@@ -26,9 +26,10 @@ def _run(node_id, **inputs):
     return nodes.NODE_CLASS_MAPPINGS[node_id].execute(**inputs).result
 
 
-@pytest.fixture(scope="module")
-def parts(host, fixture_dir):
-    """The loaded stand-ins, run node by node (no sampling: the CPU is slow)."""
+def load_parts(host, fixture_dir, prompts):
+    """The loaded stand-ins, run node by node (no sampling: the CPU is slow): model, adapter,
+    the two audios' embeddings, one conditioning per entry of `prompts` and the model patched
+    with audio A."""
     n = link_audio_graph_files(host, fixture_dir, AUDIO_A, AUDIO_B)
     model, clip, _ = comfy.sd.load_checkpoint_guess_config(
         folder_paths.get_full_path_or_raise("checkpoints", n["ckpt"]), output_vae=False)[:3]
@@ -39,10 +40,15 @@ def parts(host, fixture_dir):
         return _run("SonicAudioEncode", audio_encoder=encoder, audio=audio, window="center", offset=0.0)[0]
 
     parts = {"model": model, "adapter": _run("SonicAdapterLoader", adapter_name=n["gates"], projector_name=n["proj"])[0],
-             "pos": nodes.CLIPTextEncode().encode(clip, PROMPT)[0], "neg": nodes.CLIPTextEncode().encode(clip, "")[0],
              "audio": embed(n["a"]), "other_audio": embed(n["b"])}
+    parts.update({key: nodes.CLIPTextEncode().encode(clip, text)[0] for key, text in prompts.items()})
     parts["patched"] = apply(parts, parts["audio"])
     return parts
+
+
+@pytest.fixture(scope="module")
+def parts(host, fixture_dir):
+    return load_parts(host, fixture_dir, {"pos": PROMPT, "neg": ""})
 
 
 def apply(parts, audio, negative_audio=None):

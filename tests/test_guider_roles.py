@@ -13,43 +13,18 @@ import pytest
 import torch
 
 import comfy.samplers
-import comfy.sd
-import folder_paths
 import nodes
 from comfy_extras import nodes_custom_sampler, nodes_perpneg
 
-from graphs import link_audio_graph_files
 from sonic_diffusion import AUDIO_EMBED_DIM
 from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
 import test_guidance
-from test_guidance import apply, cfg_guider, one_step, spy_calls
-
-AUDIO_A = "tone440_mono_44k_3s.wav"
-AUDIO_B = "noise_stereo_48k_10s_f32.wav"
-
-
-def _run(node_id, **inputs):
-    return nodes.NODE_CLASS_MAPPINGS[node_id].execute(**inputs).result
-
+from test_guidance import apply, cfg_guider, load_parts, one_step, spy_calls
 
 @pytest.fixture(scope="module")
 def parts(host, fixture_dir):
-    n = link_audio_graph_files(host, fixture_dir, AUDIO_A, AUDIO_B)
-    model, clip, _ = comfy.sd.load_checkpoint_guess_config(
-        folder_paths.get_full_path_or_raise("checkpoints", n["ckpt"]), output_vae=False)[:3]
-    encoder = _run("SonicAudioEncoderLoader", clap_name=n["clap"])[0]
-
-    def embed(name):
-        audio = _run("SonicLoadAudio", audio=name, start_time=0.0, duration=0.0, gain_db=0.0)[0]
-        return _run("SonicAudioEncode", audio_encoder=encoder, audio=audio, window="center", offset=0.0)[0]
-
-    def text(prompt):
-        return nodes.CLIPTextEncode().encode(clip, prompt)[0]
-
-    p = {"model": model, "adapter": _run("SonicAdapterLoader", adapter_name=n["gates"], projector_name=n["proj"])[0],
-         "pos": text("a landscape photograph"), "neg": text("blurry"), "mid": text("a photograph"),
-         "empty": text(""), "audio": embed(n["a"]), "other_audio": embed(n["b"])}
-    p["patched"] = apply(p, p["audio"])
+    p = load_parts(host, fixture_dir, {"pos": "a landscape photograph", "neg": "blurry", "mid": "a photograph",
+                                       "empty": ""})
     # References: every prompt with the audio / every prompt with the null audio (projector of 0).
     p["model_audio"] = apply(p, p["audio"], p["audio"])
     p["model_null"] = apply(p, torch.zeros(1, AUDIO_EMBED_DIM))
