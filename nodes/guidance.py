@@ -2,7 +2,8 @@
 audio guidance scales."""
 from comfy_api.latest import io
 
-from ..sonic_diffusion.guidance import AudioGuidanceRatio, DualGuider, sonic_patches
+from ..sonic_diffusion.audio_call import sonic_patches
+from ..sonic_diffusion.guidance import AudioGuidanceRatio, DualGuider
 from .common import CATEGORY, NodeInputError, require_finite, schema
 
 

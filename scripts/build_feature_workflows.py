@@ -32,13 +32,19 @@ class Graph(bw.Graph):
         self.link(src, slot, dst, widget_name)
 
 
-def _common(g, audio_widgets=None):
-    """Checkpoint, prompts, audio encoder, audio and adapter: the nodes every graph shares."""
+def _checkpoint_and_prompts(g):
+    """Checkpoint, prompt and empty negative prompt."""
     ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": bw.SD15["name"]}, (0, 0), models=[bw.SD15])
     pos = g.add("CLIPTextEncode", {"text": PROMPT}, (420, 0), title="Prompt")
     neg = g.add("CLIPTextEncode", {"text": ""}, (420, 260), title="Negative prompt")
     g.link(ckpt, 1, pos, "clip")
     g.link(ckpt, 1, neg, "clip")
+    return ckpt, pos, neg
+
+
+def _common(g, audio_widgets=None):
+    """Checkpoint, prompts, audio encoder, audio and adapter: the nodes every graph shares."""
+    ckpt, pos, neg = _checkpoint_and_prompts(g)
     enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": bw.CLAP["name"]}, (0, 560), models=[bw.CLAP])
     audio = g.add("SonicLoadAudio", dict({"audio": bw.AUDIO_A}, **(audio_widgets or {})), (0, 720))
     adapter = g.add("SonicAdapterLoader", {"adapter_name": bw.ADAPTER["name"], "projector_name": bw.PROJECTOR["name"]},
@@ -157,11 +163,7 @@ def _region(g, pos, adapter, enc_loader, audio_file, side, x, y):
 
 def regional_audio():
     g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": bw.SD15["name"]}, (0, 0), models=[bw.SD15])
-    pos = g.add("CLIPTextEncode", {"text": PROMPT}, (420, 0), title="Prompt")
-    neg = g.add("CLIPTextEncode", {"text": ""}, (420, 260), title="Negative prompt")
-    g.link(ckpt, 1, pos, "clip")
-    g.link(ckpt, 1, neg, "clip")
+    ckpt, pos, neg = _checkpoint_and_prompts(g)
     enc_loader = g.add("SonicAudioEncoderLoader", {"clap_name": bw.CLAP["name"]}, (0, 1360), models=[bw.CLAP])
     adapter = g.add("SonicAdapterLoader", {"adapter_name": bw.ADAPTER["name"], "projector_name": bw.PROJECTOR["name"]},
                     (420, 1360), models=[bw.ADAPTER, bw.PROJECTOR])

@@ -24,7 +24,11 @@ CAPTURE = StreamCapture()
 
 def sonic_patches(model_options):
     """The Sonic audio patches registered in a MODEL's model_options."""
-    patches = model_options.get("transformer_options", {}).get("patches", {})
+    return _sonic_in(model_options.get("transformer_options", {}).get("patches", {}))
+
+
+def _sonic_in(patches):
+    """The Sonic audio patches of a transformer_options["patches"] dict."""
     return [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
 
 
@@ -96,7 +100,7 @@ def route_audio(executor, *args, **kwargs):
     if any(a is not b for a, b in zip(middle, others + captures)):
         to["patches"] = {**patches, "middle_patch": others + captures}
     to[STREAM_ORDERED] = True
-    sonic = [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
+    sonic = _sonic_in(patches)
     if audio is None and sonic:
         x = args[0] if args else kwargs["x"]
         chunks = list(to.get("cond_or_uncond") or [0])

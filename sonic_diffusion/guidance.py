@@ -17,11 +17,11 @@ import math
 import comfy.samplers
 
 from .audio_rows import MODEL_COND_KEY
-from .audio_call import sonic_patches  # noqa: F401  (re-exported for the nodes)
+from .audio_call import WITHOUT_AUDIO_ROLES
 
 # Indices into the conds list handed to calc_cond_batch.
 WITH_AUDIO, NEGATIVE, WITHOUT_AUDIO = 0, 1, 2
-COND_KEYS = ("positive", "negative", "positive_without_audio")
+COND_KEYS = ("positive", "negative", WITHOUT_AUDIO_ROLES[0])
 
 
 def without_audio(conds):
@@ -53,7 +53,7 @@ class DualGuider(comfy.samplers.CFGGuider):
     """
 
     def set_conds(self, positive, negative):
-        self.inner_set_conds({"positive": positive, "negative": negative, "positive_without_audio": positive})
+        self.inner_set_conds(dict(zip(COND_KEYS, (positive, negative, positive))))
 
     def set_cfg(self, text_scale, audio_scale=None):
         self.text_scale = float(text_scale)

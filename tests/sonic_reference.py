@@ -103,8 +103,9 @@ def with_plain_reference(patched):
 
 
 def sonic_patches(model):
-    patches = model.model_options.get("transformer_options", {}).get("patches", {})
-    return [p for p in patches.get("attn2_output_patch", []) if isinstance(p, SonicAudioPatch)]
+    from sonic_diffusion.audio_call import sonic_patches as of_options
+
+    return of_options(model.model_options)
 
 
 @contextlib.contextmanager
