@@ -25,7 +25,7 @@ def boot(cpu=None):
     """Boots the host; cpu=None lets ComfyUI pick the device (the CPU when torch sees no accelerator)."""
     comfy_host.boot(Path(tempfile.mkdtemp(prefix="sonic-bench-")),
                     cpu=not accelerator_present() if cpu is None else cpu)
-    from sonic_diffusion.fixtures import FixtureSet
+    from testing.fixtures import FixtureSet
 
     return FixtureSet(comfy_host.FIXTURES)
 

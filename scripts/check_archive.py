@@ -7,7 +7,7 @@ import ast
 import sys
 import zipfile
 
-KEPT_OUT = ("tests/", "sonic_diffusion/fixtures/", "bench/", "scripts/", ".ci/", ".build/", ".build-hosts/",
+KEPT_OUT = ("tests/", "testing/", "bench/", "scripts/", ".ci/", ".build/", ".build-hosts/",
             "demo_output/", ".git/")
 # What a ComfyUI user needs: the pack's entry point, nodes, model code, web files and workflows.
 REQUIRED = ("__init__.py", "pyproject.toml", "README.md", "LICENSE", "nodes/__init__.py",

@@ -2,7 +2,9 @@
 pack loaded through ComfyUI's own custom-node loader. Shared by the tests, the
 workflow builder and the tools; the demo uses the real server instead."""
 import asyncio
+import logging
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -18,6 +20,17 @@ PACK_DIR_NAME = "comfyui-sonicdiffusion"
 IMPORT_FAILURES = []
 
 
+class _ImportFailureLog(logging.Handler):
+    """Collects ComfyUI's "Cannot import <path> module for custom nodes: <error>" warnings."""
+
+    PATTERN = re.compile(r"Cannot import (.+?) module for custom nodes: (.*)", re.S)
+
+    def emit(self, record):
+        match = self.PATTERN.search(record.getMessage())
+        if match:
+            IMPORT_FAILURES.append((match.group(1), match.group(2)))
+
+
 def boot(base: Path, extra_model_paths=None, cpu=True):
     """Returns the loaded pack module. `base` gets models/, input/, output/, custom_nodes/."""
     if not (HOST / "comfy").is_dir():
@@ -27,8 +40,12 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
         sys.path.append(str(ROOT))
     from sonic_diffusion import host as sonic_host  # the one in-process boot, shared with evaluate --generate
 
-    pack = sonic_host.boot_in_process(base, cpu=cpu, extra_model_paths=extra_model_paths)
-    IMPORT_FAILURES.extend(sonic_host.IMPORT_FAILURES)
+    failures = _ImportFailureLog(logging.WARNING)
+    logging.getLogger().addHandler(failures)
+    try:
+        pack = sonic_host.boot_in_process(base, cpu=cpu, extra_model_paths=extra_model_paths)
+    finally:
+        logging.getLogger().removeHandler(failures)
     return pack
 
 

@@ -32,7 +32,7 @@ def stand_in_models(base):
     from sonic_diffusion import host
 
     host.bootstrap(cpu=True)
-    from sonic_diffusion.fixtures import FixtureSet
+    from testing.fixtures import FixtureSet
 
     fs = FixtureSet(comfy_host.FIXTURES)
     files = {

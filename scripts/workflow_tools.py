@@ -9,8 +9,8 @@ from pathlib import Path
 
 if "sonic_diffusion" not in sys.modules:  # the tests alias the copy ComfyUI loaded; else the pack's root
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: its nodes/ must not shadow ComfyUI's
-from sonic_diffusion import workflows  # noqa: E402
-from sonic_diffusion.workflows import (VIRTUAL_NODES, WorkflowError, has_control_widget,  # noqa: E402,F401
+from testing import workflows  # noqa: E402
+from testing.workflows import (VIRTUAL_NODES, WorkflowError, has_control_widget,  # noqa: E402,F401
                                        is_widget)
 
 _OBJECT_INFO = None
@@ -61,7 +61,7 @@ def output_types(class_type):
 
 def ui_to_api(ui):
     """Converts a UI workflow to an API prompt (with _meta.title), like the frontend's
-    Export (API); sonic_diffusion/workflows.py holds the conversion."""
+    Export (API); testing/workflows.py holds the conversion."""
     return workflows.ui_to_api(ui, input_specs, display_name)
 
 

@@ -113,16 +113,3 @@ def prepare_clip(waveform, sample_rate, window="start", offset_s=0.0):
         # Resample only the window's neighbourhood: same values, bounded cost.
         y = resample_window(mono, sample_rate, CLAP_SAMPLE_RATE, start, CLAP_CLIP_SAMPLES)
     return y.to(torch.float32).contiguous()
-
-
-def fit_audio_batch(audio, window="start", offset_s=0.0):
-    """ComfyUI AUDIO dict ``{"waveform": [B, C, T], "sample_rate": int}`` -> ``[B, 441000]``.
-
-    The dict and its tensor are only read, never modified.
-    """
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError("expected an AUDIO value: a dict with 'waveform' [B, C, T] and 'sample_rate'")
-    wav = audio["waveform"]
-    if isinstance(wav, torch.Tensor) and wav.ndim != 3:
-        raise ValueError(f"AUDIO waveform must be [batch, channels, samples], got shape {tuple(wav.shape)}")
-    return prepare_clip(wav, audio["sample_rate"], window=window, offset_s=offset_s)

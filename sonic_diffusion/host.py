@@ -4,30 +4,11 @@ probes the GPU, which device to use (ComfyUI's own choice: CUDA, MPS, XPU, NPU,
 DirectML or the CPU), and booting the whole host in-process for graph runs."""
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-sonicdiffusion"  # the pack's folder name inside a booted host's custom_nodes/
-# (path, error) of each module ComfyUI's loader could not import during boot_in_process()
-# (ComfyUI only logs them); a test asserts the core nodes a real server has all loaded.
-IMPORT_FAILURES = []
-
-
-class _ImportFailureLog(logging.Handler):
-    """Collects ComfyUI's "Cannot import <path> module for custom nodes: <error>" warnings."""
-
-    PATTERN = re.compile(r"Cannot import (.+?) module for custom nodes: (.*)", re.S)
-
-    def __init__(self, sink):
-        super().__init__(logging.WARNING)
-        self.sink = sink
-
-    def emit(self, record):
-        match = self.PATTERN.search(record.getMessage())
-        if match:
-            self.sink.append((match.group(1), match.group(2)))
 
 
 def locate_comfyui():
@@ -138,12 +119,7 @@ def boot_in_process(base, cpu=None, extra_model_paths=None):
     import nodes
 
     logging.getLogger().setLevel(logging.WARNING)
-    failures = _ImportFailureLog(IMPORT_FAILURES)
-    logging.getLogger().addHandler(failures)
-    try:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-    finally:
-        logging.getLogger().removeHandler(failures)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     key = next((k for k in sys.modules if k.endswith(PACK_DIR_NAME)), None)
     if key is None:
         raise RuntimeError("ComfyUI did not import the pack; see the log above for its import error")

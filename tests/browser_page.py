@@ -113,7 +113,7 @@ def file_links(ui):
 
 def expected_widgets(node):
     """{widget name: value} from a UI node's positional widgets_values, in definition order."""
-    from sonic_diffusion import workflows
+    from testing import workflows
 
     values = list(node.get("widgets_values") or [])
     out = {}
@@ -150,9 +150,9 @@ def fit_view(pg):
 
 def compare_with_export_api(page, ui, object_info):
     """The page's own Export (API) (app.graphToPrompt) gives what
-    `python -m sonic_diffusion.workflows to-api` gives: the same nodes, classes, _meta titles
+    `python -m testing.workflows to-api` gives: the same nodes, classes, _meta titles
     and inputs (the page may add values of its frontend-only widgets, e.g. an upload button)."""
-    from sonic_diffusion import workflows
+    from testing import workflows
 
     exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     ours = workflows.ui_to_api(ui, *workflows.object_info_lookups(object_info))

@@ -53,7 +53,7 @@ def host():
 @pytest.fixture(scope="session")
 def fixture_dir():
     """Generated stand-in weights and audio, cached in the build folder across sessions."""
-    from sonic_diffusion import fixtures
+    from testing import fixtures
 
     FIXTURE_DIR.mkdir(parents=True, exist_ok=True)
     return fixtures.FixtureSet(FIXTURE_DIR)

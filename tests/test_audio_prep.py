@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sonic_diffusion import audio_prep, resample as rs
 from sonic_diffusion.audio_decode import AudioDecodeError, decode_audio
-from sonic_diffusion.audio_prep import fit_audio_batch, prepare_clip
+from sonic_diffusion.audio_prep import prepare_clip
 
 N = 441000
 RATE_PAIRS = [(48000, 44100), (22050, 44100), (8000, 44100), (96000, 44100), (16000, 44100),
@@ -156,16 +156,12 @@ def test_float16_input_computes_in_float32():
     assert out16.dtype == torch.float32 and torch.equal(out16, out32)
 
 
-def test_fit_audio_batch_reads_without_mutating():
+def test_prepare_clip_reads_without_mutating():
     wav = torch.randn(3, 2, 50000)
-    audio = {"waveform": wav, "sample_rate": 48000}
     before = wav.clone()
-    out = fit_audio_batch(audio)
+    out = prepare_clip(wav, 48000)
     assert out.shape == (3, N) and torch.isfinite(out).all()
-    assert torch.equal(wav, before) and audio["waveform"] is wav and audio["sample_rate"] == 48000
-    assert set(audio) == {"waveform", "sample_rate"}
-    with pytest.raises(ValueError):
-        fit_audio_batch({"waveform": torch.randn(2, 100)})
+    assert torch.equal(wav, before)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

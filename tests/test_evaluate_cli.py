@@ -11,7 +11,7 @@ from PIL import Image
 import eval_stand_ins as testing
 from sonic_diffusion.evaluate.cli import main
 from sonic_diffusion.evaluate.wav2clip import Wav2ClipWeightsError, load_wav2clip
-from sonic_diffusion.fixtures import write_audio
+from testing.fixtures import write_audio
 from sonic_diffusion.safe_load import load_weights_file
 
 CLASSES = ("rain", "thunder", "wind")

@@ -1,4 +1,4 @@
-"""The stand-in weights and audio of sonic_diffusion.fixtures.
+"""The stand-in weights and audio of testing.fixtures.
 
 The expected key names and shapes below are copied from the spec
 (docs/sonicdiffusion-spec.md, sections 3-5) on purpose, not read from the
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sonic_diffusion import fixtures
+from testing import fixtures
 
 # ---------------------------------------------------------------- spec tables
 
@@ -321,9 +321,9 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_cli_builds_targets(tmp_path):
-    root = fixtures.__file__.rsplit("/sonic_diffusion/", 1)[0]
+    root = fixtures.__file__.rsplit("/testing/", 1)[0]
     res = subprocess.run(
-        [sys.executable, "-m", "sonic_diffusion.fixtures", "--out", str(tmp_path),
+        [sys.executable, "-m", "testing.fixtures", "--out", str(tmp_path),
          "--only", "projector", "controlnet_reduced", "tone440_mono_44k_3s.wav"],
         cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -343,26 +343,11 @@ def test_fixtures_are_split_by_kind_and_run_from_anywhere(tmp_path):
 
     for name, makes in (("models", "unet_state_dict"), ("adapter", "gates_state_dict"),
                         ("clap", "clap_state_dict"), ("audio", "write_audio"), ("common", "_save_safetensors")):
-        assert hasattr(importlib.import_module(f"sonic_diffusion.fixtures.{name}"), makes)
-    root = fixtures.__file__.rsplit("/sonic_diffusion/", 1)[0]
-    res = subprocess.run([sys.executable, "-m", "sonic_diffusion.fixtures", "--out", str(tmp_path), "--only",
+        assert hasattr(importlib.import_module(f"testing.fixtures.{name}"), makes)
+    root = fixtures.__file__.rsplit("/testing/", 1)[0]
+    res = subprocess.run([sys.executable, "-m", "testing.fixtures", "--out", str(tmp_path), "--only",
                           "gates"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root), capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sha256(tmp_path / fixtures.GENERATOR_VERSION / "landscape.pt") == sha256(fixtures.FixtureSet(
         tmp_path / "in-process").gates())
-
-
-def test_product_package_holds_no_test_code():
-    """Test helpers live under tests/: no module of sonic_diffusion/ imports a test
-    framework or a mocking library, and none is a testing module."""
-    import re
-    from pathlib import Path
-
-    pkg = Path(__file__).resolve().parents[1] / "sonic_diffusion"
-    offenders = []
-    for path in sorted(pkg.rglob("*.py")):
-        text = path.read_text()
-        if path.stem in ("testing", "conftest") or re.search(r"^\s*(import|from)\s+(unittest|pytest)\b", text, re.M):
-            offenders.append(str(path.relative_to(pkg)))
-    assert offenders == []

@@ -1,4 +1,4 @@
-"""The stand-in SD1.5 checkpoints, LoRA and ControlNet of sonic_diffusion.fixtures, loaded
+"""The stand-in SD1.5 checkpoints, LoRA and ControlNet of testing.fixtures, loaded
 and run by ComfyUI's own loaders and nodes: they must be real add-ons for core, not files
 that only have the right names (tests/test_fixtures.py checks the official formats)."""
 import gc

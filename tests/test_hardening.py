@@ -216,7 +216,7 @@ def test_truncated_safetensors_and_wrong_shapes(host, fixture_dir, tmp_path):
 def _meta_unet(context_dim):
     """An SD1-topology UNet whose text context is SD2-wide (1024) or SDXL-wide (2048),
     on the meta device (no memory)."""
-    from sonic_diffusion.fixtures import SD15_UNET_CONFIG, _meta_unet as meta_unet
+    from testing.fixtures import SD15_UNET_CONFIG, _meta_unet as meta_unet
 
     class Holder(torch.nn.Module):
         pass

@@ -46,5 +46,5 @@ def test_archive_check_refuses_tests_builds_and_exec(tmp_path):
 def test_comfyignore_keeps_tests_fixtures_and_builds_out():
     patterns = {line.strip() for line in (ROOT / ".comfyignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert {"tests/", "sonic_diffusion/fixtures/", ".build/", ".build-hosts/"} <= patterns
+    assert {"tests/", "testing/", ".build/", ".build-hosts/"} <= patterns
     assert set(check_archive.KEPT_OUT) - {".git/"} <= patterns

@@ -150,7 +150,7 @@ def test_nodes_sharing_a_type_have_distinct_titles(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_to_api_command_writes_meta_titles(path, tmp_path):
-    """`python -m sonic_diffusion.workflows to-api FILE --object-info INFO` gives the in-process
+    """`python -m testing.workflows to-api FILE --object-info INFO` gives the in-process
     conversion, with _meta.title (the node's title, else its display name) on every node, and
     comfy-api-simplified addresses each node by that title alone."""
     from comfy_api_simplified import ComfyWorkflowWrapper
@@ -159,7 +159,7 @@ def test_to_api_command_writes_meta_titles(path, tmp_path):
     info = tmp_path / "object_info.json"
     info.write_text(json.dumps(_object_info(ui)))
     out = tmp_path / "api.json"
-    done = subprocess.run([sys.executable, "-m", "sonic_diffusion.workflows", "to-api", str(path),
+    done = subprocess.run([sys.executable, "-m", "testing.workflows", "to-api", str(path),
                            "--object-info", str(info), "-o", str(out)], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert done.returncode == 0, done.stderr
@@ -217,11 +217,11 @@ def test_to_api_follows_reroutes_bypass_and_primitives():
 def test_to_api_command_errors_are_one_line(tmp_path):
     api_file = tmp_path / "api.json"
     api_file.write_text(json.dumps({"1": {"class_type": "KSampler", "inputs": {}}}))
-    done = subprocess.run([sys.executable, "-m", "sonic_diffusion.workflows", "to-api", str(api_file),
+    done = subprocess.run([sys.executable, "-m", "testing.workflows", "to-api", str(api_file),
                            "--server", "http://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "not a UI workflow" in done.stderr, done.stderr
     ui_file = ROOT / "workflows" / "sonic_audio_to_image.json"
-    done = subprocess.run([sys.executable, "-m", "sonic_diffusion.workflows", "to-api", str(ui_file),
+    done = subprocess.run([sys.executable, "-m", "testing.workflows", "to-api", str(ui_file),
                            "--server", "http://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "cannot reach ComfyUI at http://127.0.0.1:9" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr

@@ -4,7 +4,7 @@ API clients take), as the web UI's "Export (API)" does: every node gets
 values fed from a Primitive node stay, bypassed nodes pass their input through and
 muted ones are left out.
 
-    python -m sonic_diffusion.workflows to-api FILE [-o OUT] [--server URL | --object-info FILE]
+    python -m testing.workflows to-api FILE [-o OUT] [--server URL | --object-info FILE]
 
 The node definitions come from a running ComfyUI (``--server``, default
 http://127.0.0.1:8188, its /object_info) or from a saved /object_info answer. No
@@ -156,7 +156,7 @@ def fetch_object_info(server):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m sonic_diffusion.workflows",
+    parser = argparse.ArgumentParser(prog="python -m testing.workflows",
                                      description="Workflow tools for ComfyUI.")
     sub = parser.add_subparsers(dest="command", required=True)
     to_api = sub.add_parser("to-api", help="UI workflow -> API format with _meta.title, like Export (API)")
