@@ -10,7 +10,8 @@ import torch
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.patch import SonicAudioPatch
 from sonic_diffusion.runtime import resident_dtype
-from sonic_reference import block_call, reference_term
+from sonic_reference import block_call
+from testing.references import reference_term
 
 HALF = (torch.float16, torch.bfloat16)
 

@@ -9,15 +9,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
-
-import comfy.sd
-import comfy.utils
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
-from sonic_diffusion.safe_load import load_weights_file
-from sonic_reference import (apply_adapter, sonic_patches, spy_patch_calls, unet_call, unet_inputs,
-                             with_plain_reference)
+from sonic_reference import sonic_patches, spy_patch_calls
+from testing.references import diffusers_reference, with_plain_reference
+from testing.unet import apply_adapter, unet_call, unet_inputs
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -29,45 +25,12 @@ def comfy_model(comfy_model):
     return comfy_model
 
 
-def _install_reference_adapters(unet, audio_tokens):
-    """Adds the official adapter modules to each target diffusers block and a forward
-    with the paper's formula after the text cross-attention."""
-    from diffusers.models.attention_processor import Attention
-
-    targets = [unet.mid_block.attentions[0]] + [unet.up_blocks[i].attentions[j] for i in (1, 2, 3) for j in range(3)]
-    for spatial in targets:
-        tb = spatial.transformer_blocks[0]
-        d = tb.norm1.normalized_shape[0]
-        tb.attn_adapter = Attention(query_dim=d, cross_attention_dim=768, heads=8, dim_head=d // 8, bias=False)
-        tb.norm_adapter = nn.LayerNorm(d)
-        tb.gate_adapter = nn.Parameter(torch.zeros(1))
-
-        def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, *args, _tb=tb, **kwargs):
-            hs = _tb.attn1(_tb.norm1(hidden_states)) + hidden_states
-            hs = _tb.attn2(_tb.norm2(hs), encoder_hidden_states=encoder_hidden_states) + hs
-            hs = hs + torch.tanh(_tb.gate_adapter) * _tb.attn_adapter(
-                _tb.norm_adapter(hs), encoder_hidden_states=audio_tokens["tokens"])
-            return _tb.ff(_tb.norm3(hs)) + hs
-
-        tb.forward = forward
-    return len(targets)
-
-
 @pytest.fixture(scope="module")
 def reference_unet(fixture_dir):
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    sd = comfy.utils.load_torch_file(str(fixture_dir.full_checkpoint()))
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")},
-                                           dict(unet.config))
+    """The diffusers UNet with the official adapter modules (testing/references.py) and the
+    dict its blocks read the audio tokens from at call time."""
     tokens = {"tokens": None}
-    assert _install_reference_adapters(unet, tokens) == 10
-    gates, _ = load_weights_file(fixture_dir.gates())
-    # strict: every official key name must have a home, and every module must get a tensor
-    unet.load_state_dict({**converted, **{k: v.float() for k, v in gates.items()}}, strict=True)
-    return unet.eval(), tokens
+    return diffusers_reference(fixture_dir, tokens)[1], tokens
 
 
 def test_patched_unet_matches_diffusers_reference(comfy_model, adapter, reference_unet):

@@ -8,12 +8,12 @@ so the half loads also make `should_use_fp16` / `should_use_bf16` answer as they
 on an accelerator with that dtype, and the UNet then computes in half precision,
 exactly the configuration ComfyUI picks on such a GPU.
 
-The rule (issue 12): the adapter may not add more error than the plain UNet's own
+The rule (testing/precision.py): the adapter may not add more error than the plain UNet's own
 half-precision error times RULE_FACTOR. For each case
     err_plain   = |UNet_half(x) - UNet_fp32(x)|           (RMS over the output)
     err_adapter = |Patched_half(x) - Patched_fp32(x)|
 and err_adapter <= RULE_FACTOR * err_plain, for the pack's cached (folded) path and
-for the plain formula (a test-side reference below), at 8x8 and 64x64 latents,
+for the plain formula (testing/references.py module_term), at 8x8 and 64x64 latents,
 uncond and cond rows, one audio and several distinct audios.
 """
 import contextlib
@@ -27,13 +27,9 @@ import nodes
 from comfy.cli_args import args
 
 from comfy_host import Host
-from sonic_diffusion.batching import rows_for_batch
-from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
+from testing.graphs import edit_graph, link_audio_graph_files, write_source_image
+from testing.precision import HALF, RULE_FACTOR, STRENGTH, formula_model, pack_model, rms, unet_out
 
-HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Measured adapter error / UNet error at 8x8 (strength 10): fp16 1.02-1.08, bf16 0.98-1.02
-# (UNet error RMS 1.1e-3 fp16, 1.06e-2 bf16; adapter effect 5.0e-2, i.e. 4.7x bf16's error).
-RULE_FACTOR = 1.5
 
 
 # --- loading as a user would ------------------------------------------------------------
@@ -62,73 +58,6 @@ def load_checkpoint(name, dtype):
 @pytest.fixture(scope="module")
 def ckpt_name(host, fixture_dir):
     return host.link_model("checkpoints", fixture_dir.full_checkpoint())
-
-
-# --- the plain formula, test side ------------------------------------------------------------
-
-class PlainFormula:
-    """The paper's formula x += tanh(gate) * Attn(LN(x), tokens) after the text
-    cross-attention, through the adapter's own modules at every call (no cache, no
-    folding): registered on a clone like the pack's patch, written independently of it."""
-
-    def __init__(self, adapter, cond, uncond):
-        self.adapter, self.cond, self.uncond, self.x = adapter, cond, uncond, None
-
-    def capture(self, x, extra):
-        self.x = x
-        return x
-
-    def __call__(self, n, extra):
-        block = BLOCKS_BY_COMFY_KEY.get(extra.get("block"))
-        if block is None or extra.get("block_index", 0) != 0:
-            return n
-        h = self.x + n
-        chunks = extra["cond_or_uncond"]
-        batch = h.shape[0] // len(chunks)
-        rows = [rows_for_batch(self.uncond if c == 1 else self.cond, batch, ValueError) for c in chunks]
-        tokens = torch.cat(rows).to(device=h.device, dtype=h.dtype)
-        module = self.adapter.model.blocks[block.name]
-        return n + module.residual(h, tokens, STRENGTH)
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-def plain_formula_model(model, adapter, embeds):
-    patched = model.clone()
-    ref = PlainFormula(adapter, adapter.project(embeds), adapter.null_tokens())
-    patched.set_model_patch(ref.capture, "middle_patch")
-    patched.set_model_attn2_output_patch(ref)
-    return patched
-
-
-# At strength 1 the stand-in adapter moves an 8x8 output by 5.0e-3 RMS, below bf16's own
-# UNet error (1.02e-2; fp16 1.07e-3): the node's largest strength makes the adapter's term,
-# and so its rounding, large enough to be seen beside the UNet's.
-STRENGTH = 10.0
-
-
-def apply_adapter(model, adapter, embeds):
-    node = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
-    return node.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, strength=STRENGTH,
-                        start_percent=0.0, end_percent=1.0).result[0]
-
-
-def unet_out(model, x, ctx, chunks, t=421):
-    """One UNet call as the sampler makes it (inputs cast to the UNet's dtype), float32 out."""
-    dtype = model.model.diffusion_model.dtype
-    mm.load_models_gpu([model])
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = list(chunks)
-    ts = torch.full((x.shape[0],), t)
-    to["sigmas"] = ts.float()
-    with torch.no_grad():
-        out = model.model.diffusion_model(x.to(dtype), timesteps=ts, context=ctx.to(dtype), transformer_options=to)
-    return out.float()
-
-
-def rms(a):
-    return float(a.float().square().mean().sqrt())
 
 
 def inputs(latent, seed=0):
@@ -161,9 +90,9 @@ def _outputs(model, adapter):
         out[(latent, "plain")] = unet_out(model, torch.cat([x, x]), ctx, [1, 0])
     for latent, audios, chunks in CASES:
         xs, cs, e = _case_rows(latent, audios, chunks)
-        out[(latent, audios, "pack")] = unet_out(apply_adapter(model, adapter, e), xs, cs, chunks)
+        out[(latent, audios, "pack")] = unet_out(pack_model(model, adapter, e), xs, cs, chunks)
         if half:
-            out[(latent, audios, "formula")] = unet_out(plain_formula_model(model, adapter, e), xs, cs, chunks)
+            out[(latent, audios, "formula")] = unet_out(formula_model(model, adapter, e), xs, cs, chunks)
     return out
 
 
@@ -261,65 +190,24 @@ def test_clap_embedding_in_half_precision(fixture_dir, half):
 
 # --- one Audio Edit step through the node graph -------------------------------------------------------
 
-def _with_defaults(class_type, given):
-    """The node's required inputs: `given`, the rest at their schema defaults."""
-    required = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()["required"]
-    filled = {k: spec[1]["default"] for k, spec in required.items()
-              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
-    return {**filled, **given}
-
-
-def edit_graph(ckpt, adapter_files, clap, audio, image, strength):
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        # A non-empty prompt: with "" on both sides cond and uncond rows are the same computation
-        # without the adapter, and cfg would amplify only the adapter's rounding.
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a house by a lake", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "clap": {"class_type": "SonicAudioEncoderLoader", "inputs": {"clap_name": clap}},
-        "load": {"class_type": "SonicLoadAudio", "inputs": {"audio": audio, "start_time": 0.0, "duration": 0.0,
-                                                           "gain_db": 0.0}},
-        "enc": {"class_type": "SonicAudioEncode", "inputs": {"audio_encoder": ["clap", 0], "audio": ["load", 0],
-                                                            "window": "center", "offset": 0.0}},
-        "adapter": {"class_type": "SonicAdapterLoader", "inputs": dict(adapter_files)},
-        "apply": {"class_type": "SonicApplyAdapter", "inputs": {
-            "model": ["ckpt", 0], "sonic_adapter": ["adapter", 0], "audio_embeds": ["enc", 0],
-            "strength": strength, "start_percent": 0.0, "end_percent": 1.0}},
-        "img": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "venc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}},
-        # Two DDIM steps (inversion included): the first injected, the second free.
-        "edit": {"class_type": "SonicAudioEdit", "inputs": _with_defaults("SonicAudioEdit", {
-            "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["venc", 0],
-            "steps": 2, "cfg": 7.5, "attention_injection": 0.5, "feature_injection": 0.5})},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["edit", 0], "vae": ["ckpt", 2]}},
-        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
-    return g
+# A non-empty prompt: with "" on both sides cond and uncond rows are the same computation
+# without the adapter, and cfg would amplify only the adapter's rounding. Two DDIM steps
+# (inversion included): the first injected, the second free.
+EDIT = dict(prompt="a house by a lake", steps=2, cfg=7.5, attention_injection=0.5, feature_injection=0.5)
 
 
 @pytest.fixture(scope="module")
-def edit_results(host, fixture_dir, ckpt_name):
+def edit_results(host, fixture_dir):
     """Edited latents per dtype, with the adapter (STRENGTH) and without (strength 0:
     the same graph, the UNet and the injection alone)."""
-    import folder_paths
-    import numpy as np
-    from pathlib import Path
-    from PIL import Image
-
-    image = "sonic_precision_source.png"
-    yy, xx = np.mgrid[0:64, 0:64]
-    Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)).save(
-        Path(folder_paths.get_input_directory()) / image)
-    files = {"adapter_name": host.link_model("sonic_diffusion", fixture_dir.gates()),
-             "projector_name": host.link_model("sonic_diffusion", fixture_dir.projector())}
-    clap = host.link_model("audio_encoders", fixture_dir.clap())
-    audio = host.put_input(fixture_dir.audio("noise_stereo_48k_10s_f32.wav"))
+    names = link_audio_graph_files(host, fixture_dir, "noise_stereo_48k_10s_f32.wav")
+    image = write_source_image("sonic_precision_source.png")
     results = {}
     for label, dtype in (("fp32", torch.float32), *HALF.items()):
         runner = Host()  # a fresh executor: the checkpoint loads again under this dtype's switches
         with comfy_unet_dtype(dtype):
             for strength in (0.0, STRENGTH):
-                run = runner.run(edit_graph(ckpt_name, files, clap, audio, image, strength))
+                run = runner.run(edit_graph(names, image, strength=strength, **EDIT))
                 assert run.outputs("ckpt")[0].model.diffusion_model.dtype == dtype
                 results[(label, strength)] = run.outputs("edit")[0]["samples"].float()
         del runner, run
