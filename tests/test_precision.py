@@ -215,18 +215,34 @@ def edit_results(host, fixture_dir):
     return results
 
 
+# The adapter's own half-precision error in the edit. With and without the adapter the
+# UNet's rounding errors do not correlate after two cfg-7.5 steps (measured: the adapter's
+# change of the latent in half minus that change in float32 is as large as the UNet's own
+# error, fp16 7.3e-2, bf16 6.3e-1), so the errors add in quadrature and the adapter's own
+# share is sqrt(err^2 - unet_err^2). Bound: a quarter of the adapter's effect.
+OWN_ERROR_SHARE = 0.25
+
+
 @pytest.mark.parametrize("half", HALF)
 def test_edit_step_adapter_adds_no_more_half_error(edit_results, half):
+    """The edit's error with the adapter is at most RULE_FACTOR times the error without it,
+    and the part the adapter adds (in quadrature) is below a quarter of its effect. The
+    second bound is the sharp one in bf16, where the UNet's own error is close to the
+    adapter's effect and RULE_FACTOR alone would let the adapter's share reach 0.88 of it."""
     unet_err = rms(edit_results[(half, 0.0)] - edit_results[("fp32", 0.0)])
     err = rms(edit_results[(half, STRENGTH)] - edit_results[("fp32", STRENGTH)])
     effect = rms(edit_results[("fp32", STRENGTH)] - edit_results[("fp32", 0.0)])
+    own = max(0.0, err ** 2 - unet_err ** 2) ** 0.5
     print(f"edit {half}: without adapter {unet_err:.3e}, with {err:.3e}, ratio {err / unet_err:.3f}, "
-          f"effect {effect:.3e}")
-    # Measured (2 steps, cfg 7.5, strength 10): fp16 without 7.35e-2, with 7.43e-2 (ratio 1.01);
-    # bf16 without 5.72e-1, with 6.44e-1 (ratio 1.13); effect 8.21e-1. bf16's own error in a
-    # cfg-7.5 edit is 70% of the adapter's effect, so the bf16 case is the weaker check: the
-    # guard asks the effect to exceed the UNet's error by 1.2x (measured 1.44x; fp16 11x).
+          f"effect {effect:.3e}, the adapter's own share {own:.3e} ({own / effect:.3f} of the effect)")
+    # Measured (2 steps, cfg 7.5, strength 10, this CPU): fp16 without 7.435e-2, with 7.434e-2
+    # (ratio 1.00, own share 0); bf16 without 6.487e-1, with 6.357e-1 (ratio 0.98, own share 0);
+    # effect 8.21e-1. In bf16 the quarter bound allows err up to 1.049 x unet_err (fp16: 2.9x,
+    # where RULE_FACTOR is the sharper bound). An RMS over the 256 latent values varies by
+    # about 5% from one rounding pattern to another, so the bf16 margin (0.98 vs 1.049) is
+    # about one such step: a change of kernels may need a new measurement here.
     # Earlier, with "" as both prompts at strength 1: fp16 ratio 3.98, because cfg amplified
     # the adapter's rows only (cond and uncond were the same computation without it).
     assert effect > 1.2 * unet_err
     assert err <= RULE_FACTOR * unet_err
+    assert own <= OWN_ERROR_SHARE * effect
