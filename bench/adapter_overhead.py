@@ -7,31 +7,16 @@ GPU (when CUDA is available): fp16, 512x512, batch 2, summed kernel time from
 torch.profiler (wall time at this size is bound by kernel launches).
 Variants: plain UNet; our patch (keys/values and folded projections cached once per
 sampling); the straightforward patch (the same formula recomputing keys and values
-through the adapter's modules at every call, tests/test_precision.py's PlainFormula),
+through the adapter's modules at every call, testing/references.py's module_term),
 which is what a direct port does. Each is measured with one audio and with several
 distinct audios (the unfolded cached path). Printed: the median and IQR of the
 per-repetition ratio, and whether the difference is inside the noise.
 """
 import argparse
-import copy
-import sys
 
 import torch
 
-from common import boot, call_audio, interleaved, load_adapter, load_unet, summary
-
-
-def make_runner(model, x, t, ctx, chunks):
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = chunks
-    to["sigmas"] = t.float()
-    dm = model.model.diffusion_model
-    audio = call_audio(model, chunks, x.shape[0] // len(chunks))
-
-    def run():
-        with torch.no_grad():
-            return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
-    return run
+from common import boot, interleaved, load_adapter, load_unet, summary
 
 
 def flops(fn):
@@ -88,11 +73,10 @@ def main():
     args = ap.parse_args()
     fs = boot()
     import comfy.model_management as mm
-    import nodes
-    from common import ROOT, device_name
+    from common import device_name
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_precision import plain_formula_model
+    from testing.references import plain_formula_model
+    from testing.unet import apply_adapter, unet_runner
 
     device = mm.get_torch_device()
     gpu = device.type != "cpu"
@@ -104,12 +88,6 @@ def main():
     lat = size // 8
     k = args.audios
     e = torch.nn.functional.normalize(torch.randn(k, 1024, generator=g), dim=-1)
-    apply = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
-
-    def patched(embeds):
-        return apply.execute(model=model, sonic_adapter=adapter, audio_embeds=embeds, strength=1.0,
-                             start_percent=0.0, end_percent=1.0).result[0]
-
     mm.load_models_gpu([model, adapter.patcher])
     # One audio: batch 2 [uncond, cond]; several: batch 2k, k distinct audios on the cond rows.
     groups = {}
@@ -117,10 +95,10 @@ def main():
         x = torch.randn(2 * rows, 4, lat, lat, generator=g).to(device, dtype)
         t = torch.full((2 * rows,), 500, device=device)
         ctx = torch.randn(2 * rows, 77, 768, generator=g).to(device, dtype)
-        groups[label] = {"plain": make_runner(model, x, t, ctx, [1, 0]),
-                         "sonic (ours)": make_runner(patched(embeds), x, t, ctx, [1, 0]),
-                         "sonic (straightforward)": make_runner(plain_formula_model(model, adapter, embeds),
-                                                                x, t, ctx, [1, 0])}
+        groups[label] = {"plain": unet_runner(model, x, t, ctx),
+                         "sonic (ours)": unet_runner(apply_adapter(model, adapter, embeds), x, t, ctx),
+                         "sonic (straightforward)": unet_runner(plain_formula_model(model, adapter, embeds),
+                                                                x, t, ctx)}
     print(f"device: {device_name(device)}, {dtype}, {size}x{size}; {'summed kernel time' if gpu else 'wall time'}, "
           f"{args.reps} interleaved repetitions")
     for label, variants in groups.items():

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from common import boot, call_audio, load_adapter, load_unet, summary
+from common import boot, load_adapter, load_unet, summary
 
 SECONDS, FPS, RATE = 180.0, 8.0, 44100
 
@@ -41,28 +41,24 @@ def time_encoding(encoder, wave, frames, hop_s):
 
 def time_unet_call(fs, size, reps):
     import comfy.model_management as mm
-    import nodes
+
+    from testing.unet import apply_adapter, unet_runner
 
     model = load_unet(fs)
     adapter = load_adapter(fs)
     e = torch.nn.functional.normalize(torch.randn(1, 1024), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(model, adapter, e)
     mm.load_models_gpu([model, adapter.patcher])
     lat = size // 8
     x = torch.randn(2, 4, lat, lat)
     t = torch.full((2,), 500.0)
     ctx = torch.randn(2, 77, 768)
-    to = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=t)
-    dm = patched.model.diffusion_model
-    audio = call_audio(patched, [1, 0], 1)
+    run = unet_runner(patched, x, t, ctx)
     times = []
-    with torch.no_grad():
-        for _ in range(reps + 1):  # the first call builds the adapter's per-sampling cache
-            t0 = time.perf_counter()
-            dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
-            times.append(time.perf_counter() - t0)
+    for _ in range(reps + 1):  # the first call builds the adapter's per-sampling cache
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
     return summary(times[1:])[0]
 
 

@@ -80,6 +80,42 @@ def frontend_line(encoder, clip, device, reps):
             + "; no CPU round trip")
 
 
+def batch_rows(encoder, peer, clip, batch, gflop, ceiling, reps, device):
+    """Per-clip time and real-time factor of the pack's encode (and msclap's on the CPU) at
+    one batch size, interleaved repetitions."""
+    clips = clip.expand(batch, -1).contiguous()
+    variants = {"pack": lambda: encoder.encode(clips)}
+    if peer is not None:
+        variants["msclap"] = lambda: peer(clips)
+    times = {k: [] for k in variants}
+    with torch.no_grad():
+        for _ in range(reps):  # interleaved
+            for k, fn in variants.items():
+                times[k] += timed(fn, 1, device)
+    for k, v in times.items():
+        med, q1, q3 = summary(v)
+        rate = gflop * batch / med
+        extra = f"  {100 * rate / ceiling:.0f}% of conv throughput" if ceiling and k == "pack" else ""
+        print(f"batch {batch:3d} {k:7s}: {1e3 * med / batch:8.1f} ms per clip  real-time factor "
+              f"{10.0 * batch / med:6.1f}x (IQR {10.0 * batch / q3:.1f}..{10.0 * batch / q1:.1f})  "
+              f"{rate:.0f} GFLOP/s{extra}")
+    if peer is not None:
+        ratios = sorted(a / b for a, b in zip(times["msclap"], times["pack"]))
+        print(f"batch {batch:3d}: the pack is {summary(ratios)[0]:.2f}x msclap's speed (target >= 1.5x)")
+
+
+def input_times(path, reps):
+    """(decode seconds, resample + window seconds, the prepared clip) of one file, on the CPU."""
+    from sonic_diffusion.audio_decode import decode_audio
+    from sonic_diffusion.audio_prep import prepare_clip
+
+    cpu = torch.device("cpu")
+    decode = summary(timed(lambda: decode_audio(path), reps, cpu))[0]
+    wave, rate = decode_audio(path)
+    prep = summary(timed(lambda: prepare_clip(wave, rate), reps, cpu))[0]
+    return decode, prep, prepare_clip(wave, rate)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -89,15 +125,9 @@ def main():
     fs = boot()
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sonic_diffusion.audio_decode import decode_audio
-    from sonic_diffusion.audio_prep import prepare_clip
     from sonic_diffusion.clap import ClapEncoder, load_clap_file
 
-    path = fs.audio("noise_stereo_48k_10s_f32.wav")
-    decode = summary(timed(lambda: decode_audio(path), args.reps, torch.device("cpu")))[0]
-    wave, rate = decode_audio(path)
-    prep = summary(timed(lambda: prepare_clip(wave, rate), args.reps, torch.device("cpu")))[0]
-    clip = prepare_clip(wave, rate)
+    decode, prep, clip = input_times(fs.audio("noise_stereo_48k_10s_f32.wav"), args.reps)
     encoder = ClapEncoder(load_clap_file(fs.clap()))
     device = encoder.patcher.load_device
     encoder.encode(clip)  # warm-up and load
@@ -116,32 +146,13 @@ def main():
     if ceiling:
         print(f"measured fp32 3x3 conv throughput (Cnn14 shapes): {ceiling:.0f} GFLOP/s")
     for batch in (1, args.batch):
-        clips = clip.expand(batch, -1).contiguous()
-        variants = {"pack": lambda: encoder.encode(clips)}
-        if peer is not None:
-            variants["msclap"] = lambda: peer(clips)
-        times = {k: [] for k in variants}
-        with torch.no_grad():
-            for _ in range(args.reps):  # interleaved
-                for k, fn in variants.items():
-                    times[k] += timed(fn, 1, device)
-        for k, v in times.items():
-            med, q1, q3 = summary(v)
-            rate = gflop * batch / med
-            extra = f"  {100 * rate / ceiling:.0f}% of conv throughput" if ceiling and k == "pack" else ""
-            print(f"batch {batch:3d} {k:7s}: {1e3 * med / batch:8.1f} ms per clip  real-time factor "
-                  f"{10.0 * batch / med:6.1f}x (IQR {10.0 * batch / q3:.1f}..{10.0 * batch / q1:.1f})  "
-                  f"{rate:.0f} GFLOP/s{extra}")
-        if peer is not None:
-            ratios = sorted(a / b for a, b in zip(times["msclap"], times["pack"]))
-            print(f"batch {batch:3d}: the pack is {summary(ratios)[0]:.2f}x msclap's speed (target >= 1.5x)")
+        batch_rows(encoder, peer, clip, batch, gflop, ceiling, args.reps, device)
     if args.profile:
         clips = clip.expand(8, -1).contiguous()
         with torch.no_grad():
             shares, ms = profile_shares(lambda: encoder.encode(clips))
         print(f"profile of the pack's encode, batch 8 (self CPU {ms:.0f} ms): "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
-
 
 
 if __name__ == "__main__":

@@ -140,13 +140,3 @@ def profile_shares(run):
         shares[kind] = shares.get(kind, 0.0) + ev.self_cpu_time_total
     total = sum(shares.values()) or 1.0
     return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}, total / 1e3
-
-
-def call_audio(model, chunks, batch):
-    """Keyword arguments that give a direct UNet call its audio as a sampling run would.
-    Built once per runner, so derived tensors are cached across calls as within a run."""
-    from sonic_diffusion.audio_call import labelled_call_audio, sonic_patches
-
-    if not sonic_patches(model.model_options):
-        return {}
-    return {"sonic_audio": labelled_call_audio(model, chunks, batch)}

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from common import boot, call_audio, load_adapter, load_unet
+from common import boot, load_adapter, load_unet
 
 
 def _print_breaks(reports):
@@ -45,13 +45,13 @@ def main():
     fs = boot()
     import nodes
 
+    from testing.unet import apply_adapter, call_audio
+
     model = load_unet(fs)
     adapter = load_adapter(fs)
     g = torch.Generator().manual_seed(0)
     e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(model, adapter, e)
     # The node a user would add: it must accept the patched model.
     compiled_model = nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"].execute(model=patched, backend="inductor").result[0]
     assert compiled_model is not patched

@@ -18,10 +18,8 @@
 Writes one JSON. The device is ComfyUI's (comfy.model_management), never named here.
 """
 import argparse
-import copy
 import gc
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -34,13 +32,6 @@ SIZES = {"full": dict(exact_latent=64, p1_size=512, p1_reps=15, clap_batches=(1,
          "smoke": dict(exact_latent=8, p1_size=64, p1_reps=1, clap_batches=(1, 2), clap_reps=1,
                        image=64, steps=2, edit_steps=2, halves=("fp16",))}
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _precision_helpers():
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    import test_precision
-
-    return test_precision
 
 
 def load_unet(fs, dtype, device):
@@ -56,7 +47,8 @@ def load_unet(fs, dtype, device):
 
 def check_exactness(fs, adapter, device, cfg):
     """Per half dtype and case: (adapter error) / (plain UNet error), both vs float32 on the device."""
-    tp = _precision_helpers()
+    from testing import precision as tp
+
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
     latent = cfg["exact_latent"]
@@ -73,9 +65,8 @@ def check_exactness(fs, adapter, device, cfg):
             for audios in (1, 3):
                 xs = x.expand(2 * audios, -1, -1, -1)
                 cs = torch.cat([ctx[:1].expand(audios, -1, -1), ctx[1:].expand(audios, -1, -1)])
-                o[("pack", audios)] = tp.unet_out(tp.apply_adapter(model, adapter, e[:audios]), xs, cs, [1, 0])
-                o[("formula", audios)] = tp.unet_out(tp.plain_formula_model(model, adapter, e[:audios]), xs, cs,
-                                                     [1, 0])
+                o[("pack", audios)] = tp.unet_out(tp.pack_model(model, adapter, e[:audios]), xs, cs, [1, 0])
+                o[("formula", audios)] = tp.unet_out(tp.formula_model(model, adapter, e[:audios]), xs, cs, [1, 0])
             del model
             _unload()
     finally:
@@ -99,18 +90,6 @@ def _unload():
     mm.unload_all_models()
     gc.collect()
     mm.soft_empty_cache()
-
-
-def _runner(model, x, t, ctx):
-    to = copy.copy(model.model_options["transformer_options"])
-    to.update(cond_or_uncond=[1, 0], sigmas=t.float())
-    dm = model.model.diffusion_model
-    audio = common.call_audio(model, [1, 0], x.shape[0] // 2)
-
-    def run():
-        with torch.no_grad():
-            return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
-    return run
 
 
 def _kernel_ms(fn, device):
@@ -140,7 +119,7 @@ def _wall_ms(fn, device):
 def measure_p1(fs, adapter, device, cfg, smoke):
     from torch.utils.flop_counter import FlopCounterMode
 
-    import nodes
+    from testing.unet import apply_adapter, unet_runner
 
     dtype = torch.float32 if smoke else torch.float16
     model = load_unet(fs, dtype, device)
@@ -150,13 +129,11 @@ def measure_p1(fs, adapter, device, cfg, smoke):
     t = torch.full((2,), 500, device=device)
     ctx = torch.randn(2, 77, 768, generator=g).to(device, dtype)
     e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(model, adapter, e)
     import comfy.model_management as mm
 
     mm.load_models_gpu([patched])
-    plain, ours = _runner(model, x, t, ctx), _runner(patched, x, t, ctx)
+    plain, ours = unet_runner(model, x, t, ctx), unet_runner(patched, x, t, ctx)
     for fn in (plain, ours) * (1 if smoke else 2):  # warm-up; builds the per-sampling cache
         fn()
     counts = {}
@@ -241,7 +218,7 @@ def measure_p2(fs, device, cfg):
 def run_graphs(fs, cfg):
     """One audio-to-image run and one edit through ComfyUI's executor, timed."""
     from comfy_host import Host
-    from graphs import audio_graph, link_audio_graph_files
+    from testing.graphs import audio_graph, edit_graph, link_audio_graph_files, write_source_image
 
     host = Host()
     n = link_audio_graph_files(host, fs, "noise_stereo_48k_10s_f32.wav")
@@ -252,7 +229,8 @@ def run_graphs(fs, cfg):
     run = host.run(g)
     t2i = time.perf_counter() - t0
     image = run.outputs("dec")[0]
-    edit = _edit_graph(host, n, cfg)
+    source = write_source_image("sonic_gpu_check_source.png", cfg["image"])
+    edit = edit_graph(n, source, steps=cfg["edit_steps"])
     t0 = time.perf_counter()
     run = host.run(edit)
     t_edit = time.perf_counter() - t0
@@ -261,31 +239,6 @@ def run_graphs(fs, cfg):
                                "finite": bool(image.isfinite().all()), "shape": list(image.shape)},
             "edit": {"size": cfg["image"], "steps": cfg["edit_steps"], "seconds": t_edit,
                      "finite": bool(edited.isfinite().all()), "shape": list(edited.shape)}}
-
-
-def _edit_graph(host, n, cfg):
-    import folder_paths
-    import numpy as np
-    from PIL import Image
-
-    from graphs import audio_graph
-
-    size = cfg["image"]
-    yy, xx = np.mgrid[0:size, 0:size]
-    name = "sonic_gpu_check_source.png"
-    img = np.stack([xx * 255 // size, yy * 255 // size, (xx + yy) * 127 // size], -1).astype(np.uint8)
-    Image.fromarray(img).save(Path(folder_paths.get_input_directory()) / name)
-    g = audio_graph(n)
-    del g["latent"], g["ks"]
-    g["img"] = {"class_type": "LoadImage", "inputs": {"image": name}}
-    g["venc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
-    required = __import__("nodes").NODE_CLASS_MAPPINGS["SonicAudioEdit"].INPUT_TYPES()["required"]
-    inputs = {k: s[1]["default"] for k, s in required.items() if len(s) > 1 and "default" in s[1]}
-    inputs.update(model=["apply", 0], positive=["pos", 0], negative=["neg", 0], latent=["venc", 0],
-                  steps=cfg["edit_steps"])
-    g["edit"] = {"class_type": "SonicAudioEdit", "inputs": inputs}
-    g["dec"]["inputs"]["samples"] = ["edit", 0]
-    return g
 
 
 def main(argv=None):

@@ -5,14 +5,13 @@ a fp32 and to a fp16 UNet (its weights follow the UNet's dtype).
 
     .build/venv/bin/python bench/memory.py
 """
-import copy
 import gc
 import resource
 
 import psutil
 import torch
 
-from common import boot, call_audio, device_name, load_adapter, load_unet, peak_allocated, reset_peak
+from common import boot, device_name, load_adapter, load_unet, peak_allocated, reset_peak
 
 MIB = 2 ** 20
 
@@ -30,13 +29,12 @@ def resident_adapter_mib(fs, adapter, dtype):
     """Bytes of the adapter's weights as they sit once applied to a UNet of `dtype` and
     loaded by ComfyUI (the adapter's weights follow the UNet's dtype)."""
     import comfy.model_management as mm
-    import nodes
+
+    from testing.unet import apply_adapter
 
     unet = load_unet(fs, dtype=dtype)
     e = torch.nn.functional.normalize(torch.randn(1, 1024), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=unet, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(unet, adapter, e)
     mm.load_models_gpu([patched])
     # What ComfyUI loads beside the UNet for this model: the patches' own ModelPatchers.
     side = patched.model_patches_models()
@@ -52,7 +50,6 @@ def resident_adapter_mib(fs, adapter, dtype):
 def main():
     fs = boot()
     import comfy.model_management as mm
-    import nodes
 
     device = mm.get_torch_device()
     gpu = device.type != "cpu"
@@ -65,25 +62,18 @@ def main():
     t = torch.full((2,), 500, device=device)
     ctx = torch.randn(2, 77, 768, generator=g).to(device, dtype)
 
-    def step(m):
-        to = copy.copy(m.model_options["transformer_options"])
-        to.update(cond_or_uncond=[1, 0], sigmas=t.float())
-        with torch.no_grad():
-            m.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to,
-                                    **call_audio(m, [1, 0], x.shape[0] // 2))
+    from testing.unet import apply_adapter, unet_call
 
     reset_peak(device)
-    step(model)
+    unet_call(model, x, t, ctx)
     base_rss, base_gpu = rss(), peak_allocated(device) or 0
     adapter = load_adapter(fs)
     after_load = rss()
     e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(model, adapter, e)
     mm.load_models_gpu([patched])
     reset_peak(device)
-    step(patched)
+    unet_call(patched, x, t, ctx)
     after_step = rss()
     gpu_peak = peak_allocated(device) or 0
     weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters())

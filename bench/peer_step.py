@@ -1,6 +1,6 @@
 """P3: one denoising step of the pack in ComfyUI against the reference implementation built
 the authors' way (a diffusers UNet2DConditionModel whose transformer blocks carry gated
-audio attention, tests/test_adapter_exactness.py's reference), same weights, fp32, same
+audio attention, testing/references.py's diffusers_reference), same weights, fp32, same
 threads, interleaved repetitions, in one run.
 
     .build/venv/bin/python bench/peer_step.py [--size 256] [--reps 5] [--threads N] [--profile]
@@ -13,50 +13,26 @@ UNet and the pack (SDPA), the share of one step's CPU time per kind of operator 
 time goes).
 """
 import argparse
-import copy
-import sys
 
 import torch
 
-from common import ROOT, boot, call_audio, interleaved, load_adapter, load_unet, profile_shares, summary
-
-
-def reference_unet(fs, tokens):
-    """diffusers UNet with the official gate dict loaded strictly, as the exactness test builds it."""
-    import comfy.utils
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    from sonic_diffusion.safe_load import load_weights_file
-    from test_adapter_exactness import _install_reference_adapters
-
-    sd = comfy.utils.load_torch_file(str(fs.full_checkpoint()))
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    converted = convert_ldm_unet_checkpoint({k: v.float() for k, v in sd.items() if k.startswith("model.diffusion_model.")},
-                                           dict(unet.config))
-    plain = copy.deepcopy(unet)
-    plain.load_state_dict(converted, strict=True)
-    _install_reference_adapters(unet, tokens)
-    gates, _ = load_weights_file(fs.gates())
-    unet.load_state_dict({**converted, **{k: v.float() for k, v in gates.items()}}, strict=True)
-    return plain.eval(), unet.eval()
+from common import boot, interleaved, load_adapter, load_unet, profile_shares, summary
 
 
 def comfy_runner(model, x, t, ctx, attention):
+    """testing.unet.unet_runner under the attention function named `attention`."""
     import comfy.ldm.modules.attention as attn
 
-    to = copy.copy(model.model_options["transformer_options"])
-    to.update(cond_or_uncond=[1, 0], sigmas=t.float())
-    dm = model.model.diffusion_model
-    audio = call_audio(model, [1, 0], x.shape[0] // 2)
+    from testing.unet import unet_runner
+
     chosen = {"default": attn.optimized_attention, "sdpa": attn.attention_pytorch}[attention]
+    call = unet_runner(model, x, t, ctx)
 
     def run():
         saved = attn.optimized_attention
         attn.optimized_attention = chosen  # looked up at call time by ComfyUI's and the pack's attention
         try:
-            with torch.no_grad():
-                return dm(x, timesteps=t, context=ctx, transformer_options=to, **audio)
+            return call()
         finally:
             attn.optimized_attention = saved
     return run
@@ -94,8 +70,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     fs = boot(cpu=True)
-    sys.path.insert(0, str(ROOT / "tests"))
-    import nodes
+    from testing.references import diffusers_reference
+    from testing.unet import apply_adapter
 
     model = load_unet(fs)
     adapter = load_adapter(fs)
@@ -106,12 +82,10 @@ def main():
     ctx = torch.randn(2, 77, 768, generator=g)
     t = torch.full((2,), 500)
     e = torch.nn.functional.normalize(torch.randn(1, 1024, generator=g), dim=-1)
-    patched = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"].execute(
-        model=model, sonic_adapter=adapter, audio_embeds=e, strength=1.0, start_percent=0.0,
-        end_percent=1.0).result[0]
+    patched = apply_adapter(model, adapter, e)
     # The reference's rows: [uncond with the null audio, cond with the audio], as the pack's.
     tokens = {"tokens": torch.cat([adapter.null_tokens(), adapter.project(e)])}
-    ref_plain, ref_sonic = reference_unet(fs, tokens)
+    ref_plain, ref_sonic = diffusers_reference(fs, tokens)
 
     def diffusers_runner(unet):
         def run():

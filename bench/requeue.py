@@ -39,7 +39,7 @@ def main():
     args = ap.parse_args()
     fs = boot()
     from comfy_host import Host
-    from graphs import audio_graph, link_audio_graph_files
+    from testing.graphs import audio_graph, edit_graph, link_audio_graph_files, write_source_image
     from sonic_diffusion.edit import sampler as edit_sampler
     from sonic_diffusion.clap import ClapAudioEncoder
     from sonic_diffusion.projector import AudioProjector
@@ -81,34 +81,11 @@ def main():
     timed("new audio (checkpoint cached)", graph)
     graph["ks"]["inputs"]["seed"] = 2
     timed("re-queue, seed changed", graph)
-    edit = _edit_graph(graph, args.edit_steps)
+    edit = edit_graph(names, write_source_image("sonic_requeue_source.png"), audio=names["b"], steps=args.edit_steps)
     timed("edit, first (inversion runs)", edit)
     edit["edit"]["inputs"]["cfg"] = 5.0
     timed("edit, cfg changed (inversion cached)", edit)
     _print_rows(rows, args)
-
-
-def _edit_graph(graph, steps):
-    import folder_paths
-    import numpy as np
-    from pathlib import Path
-    from PIL import Image
-
-    import nodes
-
-    name = "sonic_requeue_source.png"
-    yy, xx = np.mgrid[0:64, 0:64]
-    Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)).save(
-        Path(folder_paths.get_input_directory()) / name)
-    g = {k: v for k, v in graph.items() if k not in ("latent", "ks")}
-    g["img"] = {"class_type": "LoadImage", "inputs": {"image": name}}
-    g["venc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
-    required = nodes.NODE_CLASS_MAPPINGS["SonicAudioEdit"].INPUT_TYPES()["required"]
-    inputs = {k: s[1]["default"] for k, s in required.items() if len(s) > 1 and "default" in s[1]}
-    inputs.update(model=["apply", 0], positive=["pos", 0], negative=["neg", 0], latent=["venc", 0], steps=steps)
-    g["edit"] = {"class_type": "SonicAudioEdit", "inputs": inputs}
-    g["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["edit", 0], "vae": ["ckpt", 2]}}
-    return g
 
 
 if __name__ == "__main__":

@@ -12,29 +12,28 @@ from ..sonic_diffusion.patch import SonicAudioPatch
 from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
 from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
-                     check_curve, check_embeds, require_finite, schema)
+                     check_curve, check_embeds, node_errors, require_finite, schema)
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
+LOADER = "Sonic Adapter Loader"
+APPLY = "Apply Sonic Adapter"
 
 
 def _load(folder_name, node):
     path = folder_paths.get_full_path_or_raise(SONIC_FOLDER, folder_name)
-    try:
+    with node_errors(node):
         sd, _meta = load_weights_file(path)
-    except ValueError as e:
-        raise NodeInputError(f"{node}: {e}") from None
     return path, sd
 
 
 def _site_weights(node, preset, text):
     """The ten per-site weights: block_weights when given, else the preset."""
     if text and text.strip():
-        try:
+        with node_errors(node, BlockWeightsError, suffix=f". Give ten numbers, each within -{FACTOR_LIMIT:g}.."
+                                                         f"{FACTOR_LIMIT:g}, or leave block_weights empty to use "
+                                                         f"block_preset."):
             return parse_block_weights(text)
-        except BlockWeightsError as e:
-            raise NodeInputError(f"{node}: {e}. Give ten numbers, each within -{FACTOR_LIMIT:g}..{FACTOR_LIMIT:g}, "
-                                 f"or leave block_weights empty to use block_preset.") from None
     if preset not in BLOCK_PRESETS:
         raise NodeInputError(f"{node}: unknown block_preset {preset!r}; choose one of: {', '.join(BLOCK_PRESETS)}.")
     return BLOCK_PRESETS[preset]
@@ -42,14 +41,12 @@ def _site_weights(node, preset, text):
 
 def _check_folded_factors(node, strength, strength_curve):
     """strength and every strength_curve value are folded into fp16/bf16 weights: the range."""
-    try:
+    with node_errors(node, BlockWeightsError, suffix="; each is multiplied into the adapter's weights."):
         check_factor("strength", strength)
         curve = None if strength_curve is None else torch.as_tensor(strength_curve)
         if curve is not None and curve.numel() and bool(curve.isfinite().all()):  # NaN: refused below
             worst = float(curve.abs().max())
             check_factor("strength_curve's largest value (in magnitude)", worst)
-    except BlockWeightsError as e:
-        raise NodeInputError(f"{node}: {e}; each is multiplied into the adapter's weights.") from None
 
 
 class SonicAdapterLoader(io.ComfyNode):
@@ -63,7 +60,7 @@ class SonicAdapterLoader(io.ComfyNode):
         projectors = [f for f in files if kinds[f] == "projector"]
         return schema(
             node_id="SonicAdapterLoader",
-            display_name="Sonic Adapter Loader",
+            display_name=LOADER,
             category=CATEGORY + "/loaders",
             description="Loads a SonicDiffusion adapter: the official pair (landscape.pt or greatest_hits.pt plus "
                         "its audio_projector_*.pth) or one SonicDiffusion .safetensors bundle holding both. "
@@ -80,9 +77,9 @@ class SonicAdapterLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name, projector_name):
-        node = "Sonic Adapter Loader"
+        node = LOADER
         _, sd = _load(adapter_name, node)
-        try:
+        with node_errors(node, checkpoints.AdapterWeightsError):
             if checkpoints.looks_like_bundle(sd):
                 projector, gates = checkpoints.split_bundle(sd, adapter_name)
             elif checkpoints.looks_like_projector(sd):
@@ -97,8 +94,6 @@ class SonicAdapterLoader(io.ComfyNode):
                 raise NodeInputError(f"{node}: {adapter_name} holds no projector; choose the matching "
                                      f"audio_projector_*.pth as projector_name.")
             model = checkpoints.build_adapter_model(projector, gates)
-        except checkpoints.AdapterWeightsError as e:
-            raise NodeInputError(f"{node}: {e}") from None
         return io.NodeOutput(SonicAdapter(model, name=adapter_name))
 
 
@@ -107,7 +102,7 @@ class SonicApplyAdapter(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicApplyAdapter",
-            display_name="Apply Sonic Adapter",
+            display_name=APPLY,
             category=CATEGORY,
             description="Patches an SD 1.x MODEL so its middle block and output blocks 3-11 attend to the audio: "
                         "x += strength * tanh(gate) * Attn(LayerNorm(x), audio tokens), right after the text "
@@ -156,17 +151,15 @@ class SonicApplyAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, sonic_adapter, audio_embeds=None, strength=1.0, start_percent=0.0, end_percent=1.0,
                 negative_audio_embeds=None, block_preset="all", block_weights="", strength_curve=None):
-        node = "Apply Sonic Adapter"
+        node = APPLY
         require_finite(node, strength=strength, start_percent=start_percent, end_percent=end_percent)
         weights = _site_weights(node, block_preset, block_weights)
         _check_folded_factors(node, strength, strength_curve)
         if start_percent > end_percent:
             raise NodeInputError(f"{node}: start_percent ({start_percent}) is after end_percent ({end_percent}); "
                                  f"swap them.")
-        try:
-            check_unet_fits(model, node)
-        except IncompatibleModelError as e:
-            raise NodeInputError(str(e)) from None
+        with node_errors(node, IncompatibleModelError):
+            check_unet_fits(model)
         audio_embeds = audio_embeds_value(node, "audio_embeds", audio_embeds)
         negative_audio_embeds = audio_embeds_value(node, "negative_audio_embeds", negative_audio_embeds)
         check_embeds(node, audio_embeds=audio_embeds, negative_audio_embeds=negative_audio_embeds)
@@ -177,5 +170,5 @@ class SonicApplyAdapter(io.ComfyNode):
         cond = sonic_adapter.project(audio_embeds) if audio_embeds is not None else null
         uncond = sonic_adapter.project(negative_audio_embeds) if negative_audio_embeds is not None else null
         patch = SonicAudioPatch(sonic_adapter, cond, uncond, strength, start_percent, end_percent,
-                                block_weights=weights, row_strengths=strength_curve)
+                                block_weights=weights, row_strengths=strength_curve, source=node)
         return io.NodeOutput(register(model.clone(), patch))

@@ -7,10 +7,11 @@ from comfy_api.latest import io
 from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
                                          loudness_strengths)
 from ..sonic_diffusion.blocks import check_factor
-from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
-                     audio_value, require_finite, schema)
+from .common import (CATEGORY, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
+                     audio_value, node_errors, require_finite, schema)
 
 CURVE = "Loudness Strength Curve (Sonic)"
+ENCODE_FRAMES = "Audio Encode Frames (Sonic)"
 
 
 class SonicAudioEncodeFrames(io.ComfyNode):
@@ -18,7 +19,7 @@ class SonicAudioEncodeFrames(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicAudioEncodeFrames",
-            display_name="Audio Encode Frames (Sonic)",
+            display_name=ENCODE_FRAMES,
             category=CATEGORY + "/audio",
             description="Slides the CLAP window along a song or recording and returns one audio embedding per "
                         "video frame at fps: a batch that Apply Sonic Adapter maps one-to-one onto a latent batch "
@@ -48,7 +49,7 @@ class SonicAudioEncodeFrames(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_encoder, audio, fps, window_seconds, hop_seconds, smoothing_seconds):
-        node = "Audio Encode Frames (Sonic)"
+        node = ENCODE_FRAMES
         require_finite(node, fps=fps, window_seconds=window_seconds, hop_seconds=hop_seconds,
                        smoothing_seconds=smoothing_seconds)
         waveform, sample_rate = audio_value(node, audio)
@@ -57,13 +58,11 @@ class SonicAudioEncodeFrames(io.ComfyNode):
         def progress(done, total):
             bar.update_absolute(done, total)
 
-        try:
+        with node_errors(node):
             embeds = encode_frames(audio_encoder, waveform, sample_rate, fps,
                                    window_s=window_seconds, hop_s=hop_seconds, smoothing_s=smoothing_seconds,
                                    progress=progress,
                                    check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-        except ValueError as e:
-            raise NodeInputError(f"{node}: {e}") from None
         return io.NodeOutput(embeds, int(embeds.shape[0]), float(fps))
 
 
@@ -98,13 +97,11 @@ class SonicLoudnessCurve(io.ComfyNode):
     def execute(cls, audio, fps, min_strength, max_strength, range_db):
         require_finite(CURVE, fps=fps, min_strength=min_strength, max_strength=max_strength, range_db=range_db)
         waveform, sample_rate = audio_value(CURVE, audio)
-        try:
+        with node_errors(CURVE):
             check_factor("min_strength", min_strength)  # the curve is folded into the adapter's term
             check_factor("max_strength", max_strength)
             levels = frame_loudness_db(waveform, sample_rate, fps)
             return io.NodeOutput(loudness_strengths(levels, min_strength, max_strength, range_db))
-        except ValueError as e:
-            raise NodeInputError(f"{CURVE}: {e}") from None
 
 
 class SonicSharedNoise(io.ComfyNode):

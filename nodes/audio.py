@@ -14,11 +14,14 @@ from ..sonic_diffusion.audio_prep import check_window_offset, prepare_clip
 from ..sonic_diffusion.clap import ClapEncoder, ClapWeightsError, load_clap_state_dict
 from ..sonic_diffusion.paths import PathRefusedError, check_regular_file, is_inside, resolve_confined
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, audio_value, require_finite,
-                     schema)
+from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, audio_value, node_errors,
+                     require_finite, schema)
 from .folders import CLAP_FOLDER
 
 LOAD_NODE = "Load Audio (Sonic)"
+ENCODER_LOADER = "Audio Encoder Loader (Sonic)"
+ENCODE = "Audio Encode (Sonic)"
+MIX = "Audio Embeds Mix (Sonic)"
 
 
 def _allowed_roots():
@@ -52,14 +55,11 @@ def _resolve_audio(audio):
     # "Invalid file path" there, and the pack's one confinement rule and message apply on every host.
     name, base_dir = folder_paths.annotated_filepath(audio)
     path = os.path.join(base_dir or folder_paths.get_input_directory(), name)
-    try:
+    with node_errors(LOAD_NODE, PathRefusedError, prefix=f"{audio!r}: ", suffix="."), \
+            node_errors(LOAD_NODE, AudioDecodeError, describe=lambda e: _name_only(e, path, audio)):
         real = resolve_confined(path, _allowed_roots())
         check_regular_file(real, AudioDecodeError, what="audio file",
                            missing_fix="upload it or pick another file", empty_fix="re-export or re-upload it")
-    except PathRefusedError as e:
-        raise NodeInputError(f"{LOAD_NODE}: {audio!r}: {e}.") from None
-    except AudioDecodeError as e:
-        raise NodeInputError(f"{LOAD_NODE}: {_name_only(e, path, audio)}") from None
     return real
 
 
@@ -73,7 +73,7 @@ class SonicLoadAudio(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicLoadAudio",
-            display_name="Load Audio (Sonic)",
+            display_name=LOAD_NODE,
             category=CATEGORY + "/audio",
             description="Loads an audio file from ComfyUI's input folder (wav, flac, mp3, ogg, m4a...) with PyAV, "
                         "optionally a window of it and a gain. Outputs core AUDIO, usable by any audio node. Only "
@@ -99,12 +99,10 @@ class SonicLoadAudio(io.ComfyNode):
     def execute(cls, audio, start_time, duration, gain_db):
         require_finite(LOAD_NODE, start_time=start_time, duration=duration, gain_db=gain_db)
         path = _resolve_audio(audio)
-        try:
+        with node_errors(LOAD_NODE, AudioDecodeError, describe=lambda e: _name_only(e, path, audio)):
             waveform, rate = decode_audio(
                 path, start_s=start_time, duration_s=duration, gain_db=gain_db,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-        except AudioDecodeError as e:
-            raise NodeInputError(f"{LOAD_NODE}: {_name_only(e, path, audio)}") from None
         return io.NodeOutput({"waveform": waveform.unsqueeze(0), "sample_rate": rate})
 
     @classmethod
@@ -139,7 +137,7 @@ class SonicAudioEncoderLoader(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicAudioEncoderLoader",
-            display_name="Audio Encoder Loader (Sonic)",
+            display_name=ENCODER_LOADER,
             category=CATEGORY + "/loaders",
             description="Loads the MS-CLAP 2022 audio tower from the official CLAP_weights_2022.pth (its text "
                         "tower is ignored) or from an audio-only .safetensors made by the pack's converter. "
@@ -154,13 +152,11 @@ class SonicAudioEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clap_name):
-        node = "Audio Encoder Loader (Sonic)"
+        node = ENCODER_LOADER
         path = folder_paths.get_full_path_or_raise(CLAP_FOLDER, clap_name)
-        try:
+        with node_errors(node, ValueError, ClapWeightsError, prefix=f"{clap_name}: "):
             sd, _meta = load_weights_file(path)
             model = load_clap_state_dict(sd)
-        except (ValueError, ClapWeightsError) as e:
-            raise NodeInputError(f"{node}: {clap_name}: {e}") from None
         encoder = ClapEncoder(model)
         return io.NodeOutput(encoder, encoder)
 
@@ -170,7 +166,7 @@ class SonicAudioEncode(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicAudioEncode",
-            display_name="Audio Encode (Sonic)",
+            display_name=ENCODE,
             category=CATEGORY + "/audio",
             description="Turns AUDIO into MS-CLAP 2022 embeddings [B,1024] with the official preprocessing: mono, "
                         "44.1 kHz, exactly 10 s (shorter clips are repeated, longer ones windowed).",
@@ -190,14 +186,12 @@ class SonicAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_encoder, audio, window, offset):
-        node = "Audio Encode (Sonic)"
+        node = ENCODE
         waveform, sample_rate = audio_value(node, audio)
         require_finite(node, offset=offset)
-        try:
+        with node_errors(node):
             check_window_offset(waveform, sample_rate, window, offset)
             clips = prepare_clip(waveform, sample_rate, window=window, offset_s=offset)
-        except ValueError as e:
-            raise NodeInputError(f"{node}: {e}") from None
         bar = comfy.utils.ProgressBar(clips.shape[0])
         embeds = audio_encoder.encode(
             clips, progress=lambda i: bar.update_absolute(i, clips.shape[0]),
@@ -210,7 +204,7 @@ class SonicAudioEmbedsMix(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicAudioEmbedsMix",
-            display_name="Audio Embeds Mix (Sonic)",
+            display_name=MIX,
             category=CATEGORY + "/audio",
             description="Mixes two audio embeddings (the paper's sound interpolation): lerp or slerp at a ratio, "
                         "a series of ratios as a batch, or a weighted sum. The result is re-normalised.",
@@ -234,9 +228,9 @@ class SonicAudioEmbedsMix(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds_a, embeds_b, mode, ratio, ratios="", weight_a=1.0, weight_b=1.0):
-        node = "Audio Embeds Mix (Sonic)"
+        node = MIX
         require_finite(node, ratio=ratio, weight_a=weight_a, weight_b=weight_b)
-        try:
+        with node_errors(node):
             if mode == "weighted_sum":
                 return io.NodeOutput(mixing.weighted_sum(embeds_a, embeds_b, weight_a, weight_b))
             series = mixing.parse_ratios(ratios or "")
@@ -246,5 +240,3 @@ class SonicAudioEmbedsMix(io.ComfyNode):
                 return io.NodeOutput(mixing.mix_series(embeds_a, embeds_b, series, mode))
             fn = mixing.slerp if mode == "slerp" else mixing.lerp
             return io.NodeOutput(fn(embeds_a, embeds_b, ratio))
-        except ValueError as e:
-            raise NodeInputError(f"{node}: {e}") from None

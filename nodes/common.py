@@ -1,4 +1,6 @@
-"""Shared glue: the pack's custom types and a Schema helper that works on every ComfyUI."""
+"""Shared glue: the pack's custom types, a Schema helper that works on every ComfyUI, and
+the one place where the model code's plain errors become errors naming the node."""
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -42,6 +44,20 @@ class NodeInputError(ValueError):
     """A user-facing error: names the node and says how to fix the input."""
 
 
+@contextlib.contextmanager
+def node_errors(node, *kinds, prefix="", suffix="", describe=str):
+    """Re-raises an error of `kinds` (default ValueError) from the model code as a
+    NodeInputError naming the node: "{node}: {prefix}{describe(e)}{suffix}". The model
+    code's messages say what is wrong and the fix; the node layer adds which node. A
+    NodeInputError raised inside passes through unchanged."""
+    try:
+        yield
+    except NodeInputError:
+        raise
+    except (kinds or (ValueError,)) as e:
+        raise NodeInputError(f"{node}: {prefix}{describe(e)}{suffix}") from None
+
+
 def require_finite(node, **values):
     """Refuses NaN or infinite float inputs (ComfyUI's min/max validation lets NaN
     through, since every comparison with NaN is false)."""
@@ -60,10 +76,8 @@ def audio_value(node, audio):
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not float(rate).is_integer():
         raise NodeInputError(f"{node}: the audio's sample rate {rate!r} is not a whole number of Hz; "
                              f"resample it with a node that outputs a standard rate (e.g. 44100).")
-    try:
+    with node_errors(node, suffix="."):
         return audio["waveform"], check_sample_rate(rate)
-    except ValueError as e:
-        raise NodeInputError(f"{node}: {e}.") from None
 
 
 def check_embeds(node, **embeds):

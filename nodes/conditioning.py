@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..sonic_diffusion.audio_rows import COND_KEY, AttachedAudio
 from ..sonic_diffusion.blocks import FACTOR_LIMIT, BlockWeightsError, check_factor
 from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
-                     check_curve, check_embeds, require_finite, schema)
+                     check_curve, check_embeds, node_errors, require_finite, schema)
 
 NODE = "Audio Conditioning (Sonic)"
 
@@ -19,10 +19,8 @@ def _factors(strength, curve):
     else:
         factors = torch.as_tensor(curve, dtype=torch.float32).detach().reshape(-1).cpu() * float(strength)
     if factors is not None and factors.numel():
-        try:
+        with node_errors(NODE, BlockWeightsError, suffix="; lower strength or the curve."):
             check_factor("strength x strength_curve (largest in magnitude)", float(factors.abs().max()))
-        except BlockWeightsError as e:
-            raise NodeInputError(f"{NODE}: {e}; lower strength or the curve.") from None
     return factors
 
 
@@ -68,10 +66,8 @@ class SonicAudioConditioning(io.ComfyNode):
             raise NodeInputError(f"{NODE}: the conditioning input is not a CONDITIONING; connect a CLIP Text "
                                  f"Encode (or Conditioning) node.")
         factors = _factors(strength, strength_curve)
-        try:
+        with node_errors(NODE, suffix=". Connect Audio Encode (Sonic)."):
             tokens = sonic_adapter.project(audio_embeds)
-        except ValueError as e:
-            raise NodeInputError(f"{NODE}: {e}. Connect Audio Encode (Sonic).") from None
         audio = AttachedAudio(tokens, factors, NODE)
         out = []
         for embedding, options in conditioning:

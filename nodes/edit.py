@@ -6,7 +6,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..sonic_diffusion import edit
-from .common import CATEGORY, NodeInputError, require_finite, schema
+from .common import CATEGORY, node_errors, require_finite, schema
 from .edit_inputs import cfg_input, injection_inputs
 
 NODE = "Audio Edit (Sonic)"
@@ -51,11 +51,9 @@ class SonicAudioEdit(io.ComfyNode):
     def execute(cls, model, positive, negative, latent, steps, cfg, attention_injection, feature_injection):
         require_finite(NODE, cfg=cfg, attention_injection=attention_injection, feature_injection=feature_injection)
         callback = latent_preview.prepare_callback(model, 2 * int(steps))
-        try:
+        with node_errors(NODE, edit.EditInputError):
             out = edit.audio_edit(model, positive, negative, latent, steps=steps, cfg=cfg,
                                   attention_injection=attention_injection, feature_injection=feature_injection,
                                   callback=callback)
-        except edit.EditInputError as e:
-            raise NodeInputError(f"{NODE}: {e}") from None
         out["samples"] = out["samples"].to(comfy.model_management.intermediate_device())
         return io.NodeOutput(out)

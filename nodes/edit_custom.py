@@ -3,7 +3,7 @@ Sonic DDIM Edit Sampler."""
 from comfy_api.latest import io
 
 from ..sonic_diffusion import edit
-from .common import CATEGORY, NodeInputError, require_finite, schema
+from .common import CATEGORY, node_errors, require_finite, schema
 from .edit_inputs import cfg_input, injection_inputs
 
 GUIDER = "Sonic Edit Guider"
@@ -14,10 +14,8 @@ class _EditSamplerObject(edit.PnPDDIMSampler):
     """Names the node in the errors the sampler raises while SamplerCustomAdvanced runs it."""
 
     def sample(self, *args, **kwargs):
-        try:
+        with node_errors(SAMPLER, edit.EditInputError):
             return super().sample(*args, **kwargs)
-        except edit.EditInputError as e:
-            raise NodeInputError(f"{SAMPLER}: {e}") from None
 
 
 class SonicEditGuider(io.ComfyNode):
@@ -46,11 +44,9 @@ class SonicEditGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg):
         require_finite(GUIDER, cfg=cfg)
-        try:
+        with node_errors(GUIDER, edit.EditInputError):
             edit.check_numbers(cfg, 0.0, 0.0)
             return io.NodeOutput(edit.edit_guider(model, positive, negative, cfg))
-        except edit.EditInputError as e:
-            raise NodeInputError(f"{GUIDER}: {e}") from None
 
 
 class SonicDDIMEditSampler(io.ComfyNode):
@@ -74,8 +70,6 @@ class SonicDDIMEditSampler(io.ComfyNode):
     @classmethod
     def execute(cls, attention_injection, feature_injection):
         require_finite(SAMPLER, attention_injection=attention_injection, feature_injection=feature_injection)
-        try:
+        with node_errors(SAMPLER, edit.EditInputError):
             edit.check_numbers(0.0, attention_injection, feature_injection)
-        except edit.EditInputError as e:
-            raise NodeInputError(f"{SAMPLER}: {e}") from None
         return io.NodeOutput(_EditSamplerObject(attention_injection, feature_injection))

@@ -6,6 +6,9 @@ from ..sonic_diffusion.audio_call import sonic_patches
 from ..sonic_diffusion.guidance import AudioGuidanceRatio, DualGuider
 from .common import CATEGORY, NodeInputError, require_finite, schema
 
+DUAL_GUIDER = "Sonic Dual Guider (text / audio)"
+AUDIO_GUIDANCE = "Sonic Audio Guidance (KSampler)"
+
 
 def _require_audio(node, model):
     if not sonic_patches(model.model_options):
@@ -18,7 +21,7 @@ class SonicDualGuider(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicDualGuider",
-            display_name="Sonic Dual Guider (text / audio)",
+            display_name=DUAL_GUIDER,
             category=CATEGORY + "/sampling",
             description="A GUIDER for SamplerCustomAdvanced with separate text and audio guidance: "
                         "e(-,-) + text_cfg * (e(t,-) - e(-,-)) + audio_cfg * (e(t,a) - e(t,-)). "
@@ -40,7 +43,7 @@ class SonicDualGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, text_cfg, audio_cfg):
-        node = "Sonic Dual Guider (text / audio)"
+        node = DUAL_GUIDER
         require_finite(node, text_cfg=text_cfg, audio_cfg=audio_cfg)
         _require_audio(node, model)
         guider = DualGuider(model)
@@ -54,7 +57,7 @@ class SonicAudioGuidance(io.ComfyNode):
     def define_schema(cls):
         return schema(
             node_id="SonicAudioGuidance",
-            display_name="Sonic Audio Guidance (KSampler)",
+            display_name=AUDIO_GUIDANCE,
             category=CATEGORY + "/sampling",
             description="Separate audio guidance for KSampler and every sampler node that takes a MODEL: "
                         "KSampler's cfg stays the text scale and the audio scale becomes audio_ratio * cfg, "
@@ -71,7 +74,7 @@ class SonicAudioGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio_ratio):
-        node = "Sonic Audio Guidance (KSampler)"
+        node = AUDIO_GUIDANCE
         require_finite(node, audio_ratio=audio_ratio)
         _require_audio(node, model)
         patched = model.clone()

@@ -5,8 +5,8 @@
 # archive scripts/check_archive.py lists and checks against .comfyignore).
 #   bash scripts/lint.sh [VENV]     VENV: a virtual environment to use (default: .build/lint-venv);
 #                                   comfy-test and ruff are pip-installed into it when missing.
-# comfy-test has no per-file exemptions, so it runs on a copy of the pack without tests/: the
-# tests hold plain-torch reference implementations (nn.LayerNorm, nn.Conv2d...) on purpose, to
+# comfy-test has no per-file exemptions, so it runs on a copy of the pack without tests/ and
+# testing/: the tests and their shared references hold plain-torch reference implementations (nn.LayerNorm, nn.Conv2d...) on purpose, to
 # check the pack's comfy.ops code against; they are not node code and are never loaded by ComfyUI.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,10 +23,10 @@ status=0
 echo "== ruff check"
 "$VENV/bin/ruff" check "$ROOT" || status=1
 
-echo "== comfy-test lint (pack without tests/)"
+echo "== comfy-test lint (pack without tests/ and testing/)"
 COPY="$(mktemp -d "${TMPDIR:-/tmp}/sonic-lint-XXXXXX")"
 trap 'rm -rf "$COPY"' EXIT
-tar -C "$ROOT" --exclude=./.build --exclude=./.build-hosts --exclude=./demo_output --exclude=./.git --exclude=./tests --exclude='*/__pycache__' -cf - . \
+tar -C "$ROOT" --exclude=./.build --exclude=./.build-hosts --exclude=./demo_output --exclude=./.git --exclude=./tests --exclude=./testing --exclude='*/__pycache__' -cf - . \
     | tar -C "$COPY" -xf -
 "$VENV/bin/comfy-test" lint "$COPY" || status=1
 

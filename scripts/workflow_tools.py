@@ -73,65 +73,67 @@ def _types_compatible(out_type, in_type):
     return bool(outs & ins)
 
 
+def _widget_problems(node):
+    """The problems of one node: unknown type, or widget values its definition cannot take."""
+    try:
+        specs = input_specs(node["type"])
+    except WorkflowError as e:
+        return [f"node {node['id']}: {e}"]
+    widgets = [(n, t, o, req) for n, t, o, req in specs if is_widget(t)]
+    sizes = [1 + has_control_widget(n, t, o) for n, t, o, _ in widgets]
+    expected = sum(sizes)
+    # A workflow saved on an older host lacks the optional widgets a newer host appended
+    # (0.33.0's CreateVideo bit_depth); the frontend fills those with their defaults.
+    last_required = max((i for i, w in enumerate(widgets) if w[3]), default=-1)
+    minimum = sum(sizes[:last_required + 1])
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict):
+        return []
+    # Upload combos may add trailing frontend-only values (preview, upload button).
+    extra_ok = sum(1 for _, t, o, _ in widgets if any(k.endswith("_upload") for k in o)) * 2
+    if not minimum <= len(values) <= expected + extra_ok:
+        return [f"node {node['id']} ({node['type']}): {len(values)} widget values, the definition has {expected}"]
+    return []
+
+
+def _link_problems(link, by_id):
+    """The problems of one link: a missing end or slot, or types that do not connect."""
+    link_id, src, src_slot, dst, dst_slot, _typ = link[:6]
+    if src not in by_id or dst not in by_id:
+        return [f"link {link_id}: connects a missing node ({src} -> {dst})"]
+    src_node, dst_node = by_id[src], by_id[dst]
+    if src_node["type"] in VIRTUAL_NODES or dst_node["type"] in VIRTUAL_NODES:
+        return []
+    try:
+        outs = output_types(src_node["type"])
+    except WorkflowError:
+        return []  # reported with the node
+    if src_slot >= len(outs):
+        return [f"link {link_id}: {src_node['type']} has no output slot {src_slot}"]
+    dst_inputs = dst_node.get("inputs", [])
+    if dst_slot >= len(dst_inputs):
+        return [f"link {link_id}: {dst_node['type']} has no input slot {dst_slot}"]
+    name = dst_inputs[dst_slot]["name"]
+    specs = {n: t for n, t, _, _ in input_specs(dst_node["type"])}
+    if name not in specs:
+        return [f"link {link_id}: {dst_node['type']} has no input named {name}"]
+    problems = []
+    in_type = "COMBO" if isinstance(specs[name], (list, tuple)) else specs[name]
+    if not _types_compatible(outs[src_slot], in_type):
+        problems.append(f"link {link_id}: {src_node['type']} output {outs[src_slot]} cannot feed "
+                        f"{dst_node['type']} input {name} ({in_type})")
+    if dst_inputs[dst_slot].get("link") != link_id:
+        problems.append(f"link {link_id}: {dst_node['type']} input {name} does not point back to it")
+    return problems
+
+
 def validate_ui(ui):
     """Problems of a UI workflow against the host's definitions (empty list = fine):
     unknown node types, links between incompatible types or to missing slots, and
     widget counts that do not match the node definitions."""
-    problems = []
     by_id = {n["id"]: n for n in ui["nodes"]}
-    for node in ui["nodes"]:
-        if node["type"] in VIRTUAL_NODES:
-            continue
-        try:
-            specs = input_specs(node["type"])
-        except WorkflowError as e:
-            problems.append(f"node {node['id']}: {e}")
-            continue
-        widgets = [(n, t, o, req) for n, t, o, req in specs if is_widget(t)]
-        sizes = [1 + has_control_widget(n, t, o) for n, t, o, _ in widgets]
-        expected = sum(sizes)
-        # A workflow saved on an older host lacks the optional widgets a newer host appended
-        # (0.33.0's CreateVideo bit_depth); the frontend fills those with their defaults.
-        last_required = max((i for i, w in enumerate(widgets) if w[3]), default=-1)
-        minimum = sum(sizes[:last_required + 1])
-        values = node.get("widgets_values") or []
-        if not isinstance(values, dict):
-            # Upload combos may add trailing frontend-only values (preview, upload button).
-            extra_ok = sum(1 for _, t, o, _ in widgets if any(k.endswith("_upload") for k in o)) * 2
-            if not minimum <= len(values) <= expected + extra_ok:
-                problems.append(f"node {node['id']} ({node['type']}): {len(values)} widget values, "
-                                f"the definition has {expected}")
-    for link in ui.get("links", []):
-        link_id, src, src_slot, dst, dst_slot, typ = link[:6]
-        if src not in by_id or dst not in by_id:
-            problems.append(f"link {link_id}: connects a missing node ({src} -> {dst})")
-            continue
-        src_node, dst_node = by_id[src], by_id[dst]
-        if src_node["type"] in VIRTUAL_NODES or dst_node["type"] in VIRTUAL_NODES:
-            continue
-        try:
-            outs = output_types(src_node["type"])
-        except WorkflowError:
-            continue  # already reported
-        if src_slot >= len(outs):
-            problems.append(f"link {link_id}: {src_node['type']} has no output slot {src_slot}")
-            continue
-        dst_inputs = dst_node.get("inputs", [])
-        if dst_slot >= len(dst_inputs):
-            problems.append(f"link {link_id}: {dst_node['type']} has no input slot {dst_slot}")
-            continue
-        name = dst_inputs[dst_slot]["name"]
-        specs = {n: t for n, t, _, _ in input_specs(dst_node["type"])}
-        if name not in specs:
-            problems.append(f"link {link_id}: {dst_node['type']} has no input named {name}")
-            continue
-        in_type = "COMBO" if isinstance(specs[name], (list, tuple)) else specs[name]
-        if not _types_compatible(outs[src_slot], in_type):
-            problems.append(f"link {link_id}: {src_node['type']} output {outs[src_slot]} cannot feed "
-                            f"{dst_node['type']} input {name} ({in_type})")
-        if dst_inputs[dst_slot].get("link") != link_id:
-            problems.append(f"link {link_id}: {dst_node['type']} input {name} does not point back to it")
-    return problems
+    problems = [p for node in ui["nodes"] if node["type"] not in VIRTUAL_NODES for p in _widget_problems(node)]
+    return problems + [p for link in ui.get("links", []) for p in _link_problems(link, by_id)]
 
 
 def load(path):

@@ -1,4 +1,4 @@
-"""Audio-reactive animation (issue 14): one CLAP embedding per video frame.
+"""Audio-reactive animation: one CLAP embedding per video frame.
 
 Frame k sits at t_k = k / fps. Its window is the window_s seconds centred on t_k,
 cut to the clip; a window shorter than 10 s is tiled to 10 s, the official rule for

@@ -15,17 +15,18 @@ def _first_transformer(container):
     return None
 
 
-def check_unet_fits(model_patcher, node="Apply Sonic Adapter"):
+def check_unet_fits(model_patcher):
     """Raises IncompatibleModelError unless every adapter block exists with the right
     width and a 768-wide text context (SD1.x). Run before sampling, so users never meet
-    a shape error deep inside attention."""
+    a shape error deep inside attention. The messages say what is wrong and the fix; the
+    caller (a node, the training CLI) adds where."""
     try:
         unet = model_patcher.get_model_object("diffusion_model")
     except AttributeError:
         unet = None
     if unet is None or not hasattr(unet, "output_blocks") or not hasattr(unet, "middle_block"):
-        raise IncompatibleModelError(f"{node}: this MODEL is not a UNet (SD1.x expected). SonicDiffusion adapters "
-                                     f"only fit Stable Diffusion 1.x checkpoints such as SD 1.4 or 1.5.")
+        raise IncompatibleModelError("this MODEL is not a UNet (SD1.x expected). SonicDiffusion adapters "
+                                     "only fit Stable Diffusion 1.x checkpoints such as SD 1.4 or 1.5.")
     problems = []
     for block in ADAPTER_BLOCKS:
         kind, index = block.comfy_block
@@ -42,11 +43,11 @@ def check_unet_fits(model_patcher, node="Apply Sonic Adapter"):
         if context != TOKEN_DIM:
             hint = {1024: " (an SD 2.x model?)", 2048: " (an SDXL model?)"}.get(context, "")
             raise IncompatibleModelError(
-                f"{node}: this MODEL's cross-attention takes {context}-wide text embeddings{hint}, but "
+                f"this MODEL's cross-attention takes {context}-wide text embeddings{hint}, but "
                 f"SonicDiffusion adapters were trained on SD 1.x (768-wide). Load an SD 1.x checkpoint.")
         if width != block.dim:
             problems.append(f"{kind} block {index} is {width} wide, the adapter expects {block.dim}")
     if problems:
         raise IncompatibleModelError(
-            f"{node}: this MODEL does not have the SD 1.x UNet layout the adapter was trained on: "
+            "this MODEL does not have the SD 1.x UNet layout the adapter was trained on: "
             + "; ".join(problems[:4]) + ". Use a full SD 1.x checkpoint (SD 1.4/1.5 or a fine-tune of it).")

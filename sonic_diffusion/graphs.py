@@ -1,5 +1,5 @@
 """API-format graphs of the pack, built from stock nodes plus the pack's own; shared by
-``evaluate --generate``, the tests and the benchmarks (scripts/graphs.py adds variants)."""
+``evaluate --generate``, the tests and the benchmarks (testing/graphs.py adds variants)."""
 
 
 def audio_to_image(ckpt, clap, adapter, projector, audio, seed=1, steps=2, cfg=5.0, width=64, height=64, batch=1,

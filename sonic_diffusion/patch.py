@@ -37,7 +37,6 @@ CALL_AUDIO = "sonic_call_audio"
 CALL_SIGMA = "sonic_call_sigma"
 # extra_options key the capture writes the block's stream to (that dict lives for one block call).
 STREAM = "sonic_stream"
-SOURCE = "Apply Sonic Adapter"
 _uids = itertools.count(1)
 
 
@@ -78,10 +77,12 @@ class SonicAudioPatch:
       into the output projection with strength and gate; a site at 0 is skipped
     - differentiable: the plain formula through the adapter's modules (training)
     - row_strengths: optional [N] factors on the term per latent (a loudness curve)
+    - source: who applied the patch, named in the errors raised while sampling (the node
+      layer gives its node's name)
     """
 
     def __init__(self, adapter, cond_tokens, uncond_tokens, strength=1.0, start_percent=0.0, end_percent=1.0,
-                 differentiable=False, block_weights=None, row_strengths=None):
+                 differentiable=False, block_weights=None, row_strengths=None, source="the Sonic audio patch"):
         self.uid = f"sonic-patch-{next(_uids)}"
         self.adapter = adapter
         self.cond_tokens = cond_tokens
@@ -99,6 +100,7 @@ class SonicAudioPatch:
         # strength x site weight per block: the factor the gate's tanh is multiplied by.
         self.site_scales = {b.name: self.strength * w for b, w in zip(ADAPTER_BLOCKS, weights)}
         self.row_strengths = _as_factors(row_strengths)
+        self.source = source
 
     # ComfyUI plumbing -------------------------------------------------------------
     def models(self):
@@ -117,7 +119,7 @@ class SonicAudioPatch:
         """This patch's own audio for a prompt of `role`: the audio for "positive", the
         negative audio for every other role."""
         tokens = self.cond_tokens if role == "positive" else self.uncond_tokens
-        return PatchRows(tokens, self.row_strengths, SOURCE)
+        return PatchRows(tokens, self.row_strengths, self.source)
 
     def window(self, model_sampling):
         """(sigma_end, sigma_start) for this run, or None when the window is everything."""
@@ -138,7 +140,7 @@ class SonicAudioPatch:
         audio = extra_options.get(CALL_AUDIO)
         x = extra_options.get(STREAM)
         if not extra_options.get(STREAM_ORDERED) or audio is None or x is None or x.shape != n.shape:
-            raise RuntimeError(f"{SOURCE}: the block stream or the call's audio did not reach the patch (another "
+            raise RuntimeError(f"{self.source}: the block stream or the call's audio did not reach the patch (another "
                                f"node removed the pack's middle_patch or its diffusion_model wrapper). "
                                f"Re-apply the adapter after that node.")
         if not self._in_window(audio, extra_options):
@@ -161,7 +163,7 @@ class SonicAudioPatch:
         out = []
         for rows, idx in audio.rows_of(self.uid):
             if rows is None:
-                raise RuntimeError(f"{SOURCE}: a prompt reached the UNet without this adapter's audio (the "
+                raise RuntimeError(f"{self.source}: a prompt reached the UNet without this adapter's audio (the "
                                    f"sampling run started before the adapter was applied?). Re-queue the graph.")
             if len(idx) != batch:
                 raise AudioBatchError(f"{rows.source}: {len(idx)} audio rows for a chunk of {batch} latents.")
@@ -179,7 +181,8 @@ class SonicAudioPatch:
         """The formula as written, through the adapter's own modules (differentiable)."""
         batch = h.shape[0] // len(audio.parts)
         call_rows = self._call_rows(audio, batch)
-        tokens = torch.cat([_rows_for_chunk(t, batch) for t, _ in call_rows]).to(device=h.device, dtype=h.dtype)
+        tokens = torch.cat([_rows_for_chunk(t, batch, self.source) for t, _ in call_rows])
+        tokens = tokens.to(device=h.device, dtype=h.dtype)
         term = self.adapter.model.blocks[block.name].residual(h, tokens, self.site_scales[block.name])
         row_scale = self._row_scale(call_rows, batch, h.device, h.dtype)
         return term if row_scale is None else term * row_scale
@@ -233,7 +236,7 @@ class SonicAudioPatch:
             t["B"] = b.reshape(n_chunks, -1, d).to(dtype)
             t["bias"] = bias.to(dtype).expand(n_chunks, 1, d)
         else:
-            rows = torch.cat([_rows_for_chunk(tok, batch) for tok in chunk_tokens])
+            rows = torch.cat([_rows_for_chunk(tok, batch, self.source) for tok in chunk_tokens])
             t["wq"] = w["attn_adapter.to_q.weight"].to(dtype)
             t["k"] = F.linear(rows, w["attn_adapter.to_k.weight"]).to(dtype)
             t["v"] = F.linear(rows, w["attn_adapter.to_v.weight"]).to(dtype)
@@ -249,8 +252,8 @@ def _gather(values, idx):
     return values[list(idx)]
 
 
-def _rows_for_chunk(tokens, batch):
+def _rows_for_chunk(tokens, batch, source):
     """Tokens [E,77,768] for one chunk of `batch` latents (one row serves every latent)."""
     return rows_for_batch(tokens, batch, lambda n, b: AudioBatchError(
-        f"{SOURCE}: {n} audio embeddings for a batch of {b} latents. "
+        f"{source}: {n} audio embeddings for a batch of {b} latents. "
         f"Give one audio (it serves every latent) or exactly {b} (one per latent)."))

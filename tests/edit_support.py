@@ -2,7 +2,6 @@
 (VP latents, alphas_cumprod of the SD 1.x "scaled_linear" schedule, raw UNet eps), the
 graph, module fixtures, and a spy that counts UNet calls from outside."""
 import contextlib
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,9 @@ import torch
 import folder_paths
 import nodes
 
-from graphs import audio_graph, link_audio_graph_files
+from testing import graphs
+from testing.graphs import link_audio_graph_files
+from testing.unet import unet_call
 from sonic_diffusion.patch import AUDIO_OFF
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
@@ -35,15 +36,10 @@ def sigma_of(t):
 
 
 def unet_eps(model, x_vp, t, context, chunks, audio_off=False):
-    """The raw UNet output (eps) for a VP latent at integer timestep t."""
-    to = copy.copy(model.model_options["transformer_options"])
-    to["cond_or_uncond"] = list(chunks)
-    to["sigmas"] = torch.full((x_vp.shape[0],), sigma_of(t))
-    if audio_off:
-        to[AUDIO_OFF] = True
-    ts = torch.full((x_vp.shape[0],), float(t))
-    with torch.no_grad():
-        return model.model.diffusion_model(x_vp, timesteps=ts, context=context, transformer_options=to).float()
+    """The raw UNet output (eps) for a VP latent at integer timestep t (its sigma from A)."""
+    rows = x_vp.shape[0]
+    return unet_call(model, x_vp, torch.full((rows,), float(t)), context, chunks,
+                     sigmas=torch.full((rows,), sigma_of(t)), options={AUDIO_OFF: True} if audio_off else None).float()
 
 
 def close(a, b, atol=ATOL):
@@ -74,17 +70,13 @@ def inversion_calls(calls):
     return sum(1 for c in calls if c[2])
 
 
-def edit_graph(n, audio=None, prompt="", steps=4, cfg=7.5, attn=0.5, feat=0.5):
-    """The shared audio graph with its text-to-image tail replaced by an edit of n["image"]."""
-    g = audio_graph(n, audio=audio, prompt=prompt)
-    del g["latent"], g["ks"]
-    g["img"] = {"class_type": "LoadImage", "inputs": {"image": n["image"]}}
-    g["venc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
-    g["edit"] = {"class_type": "SonicAudioEdit", "inputs": {
-        "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["venc", 0],
-        "steps": steps, "cfg": cfg, "attention_injection": attn, "feature_injection": feat}}
-    g["dec"]["inputs"]["samples"] = ["edit", 0]
-    return g
+# The suite's edit: 4 steps, half of them injected (the schema's 50 steps / 0.8 cost CPU time).
+EDIT_SETTINGS = dict(steps=4, cfg=7.5, attention_injection=0.5, feature_injection=0.5)
+
+
+def edit_graph(n, audio=None):
+    """testing.graphs.edit_graph of n["image"] with the suite's EDIT_SETTINGS."""
+    return graphs.edit_graph(n, n["image"], audio=audio, **EDIT_SETTINGS)
 
 
 @pytest.fixture(scope="module")

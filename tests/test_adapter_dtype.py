@@ -2,7 +2,9 @@
 dtype (a fp16 UNet does not carry fp32 blocks), the projector stays fp32 on purpose,
 and the folded fast path is as accurate in fp16/bf16 as the plain formula evaluated
 in the same dtype. The patch keeps no device or dtype state: it follows each call's."""
+import ast
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +12,11 @@ import torch
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.patch import SonicAudioPatch
 from sonic_diffusion.runtime import resident_dtype
-from sonic_reference import block_call, reference_term
+from sonic_reference import block_call
+from testing.references import reference_term
 
 HALF = (torch.float16, torch.bfloat16)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bytes(module):
@@ -97,13 +101,120 @@ def test_patch_follows_each_calls_dtype(adapter):
     assert torch.equal(patch(n, block_call(patch, block, x, [0])), first)
 
 
-def test_production_objects_carry_no_test_switches(adapter):
-    """Tests observe the patch from outside (tests/sonic_reference.py); the product has
-    no mode flags, counters or test-only methods for them."""
-    from sonic_diffusion.projector import AudioProjector
+# --- no test switches in the product, read from the product's own code ----------------------
 
-    patch = SonicAudioPatch(adapter, adapter.null_tokens(), None)
-    for name in ("fast", "calls", "count_calls"):
-        assert not hasattr(patch, name)
-    assert not hasattr(adapter, "projections")
-    assert not hasattr(AudioProjector, "forward_all_layers")
+PRODUCT_FILES = [p for d in ("sonic_diffusion", "nodes") for p in sorted((ROOT / d).rglob("*.py"))]
+
+
+def _product_trees():
+    return {p: ast.parse(p.read_text(encoding="utf-8"), filename=str(p)) for p in PRODUCT_FILES}
+
+
+def _read_names(trees):
+    """Every name the product reads: attributes loaded (x.name), keyword arguments given
+    (f(name=...)), plain names and string constants (getattr(x, "name"), dict keys)."""
+    seen = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                seen.add(node.attr)
+            elif isinstance(node, ast.keyword) and node.arg:
+                seen.add(node.arg)
+            elif isinstance(node, ast.Name):
+                seen.add(node.id)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                seen.add(node.value)
+    return seen
+
+
+def _class_members(tree):
+    """(class, member, line) for each method of each class, each attribute its methods
+    assign on self (self.x = ..., self.x += ...) and each keyword parameter of its __init__."""
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for item in cls.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield cls.name, item.name, item.lineno
+                if item.name == "__init__":
+                    for arg in item.args.args[1:] + item.args.kwonlyargs:
+                        yield cls.name, arg.arg, item.lineno
+                for node in ast.walk(item):
+                    targets = node.targets if isinstance(node, ast.Assign) else \
+                        [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+                    for t in (e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])):
+                        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                            yield cls.name, t.attr, node.lineno
+
+
+# Names the host calls by convention, each with the host class that defines it (checked below):
+# the product defines them for ComfyUI, torch or pickle, which read them by name.
+HOST_PROTOCOL = {
+    "get_node_list": ("comfy_api.latest", "ComfyExtension"),
+    "define_schema": ("comfy_api.latest", "io.ComfyNode"),
+    "fingerprint_inputs": ("comfy_api.latest", "io.ComfyNode"),
+    "validate_inputs": ("comfy_api.latest", "io.ComfyNode"),
+    "generate_noise": ("comfy_extras.nodes_custom_sampler", "Noise_RandomNoise"),
+    "can_concat": ("comfy.conds", "CONDRegular"),
+    "concat": ("comfy.conds", "CONDRegular"),
+    "encode_audio": ("comfy.audio_encoders.audio_encoders", "AudioEncoderModel"),
+    "send_sync": ("server", "PromptServer"),
+    "predict_noise": ("comfy.samplers", "CFGGuider"),
+    "extend": ("builtins", "list"),
+    "find_class": ("pickle", "Unpickler"),
+    "persistent_load": ("pickle", "Unpickler"),
+}
+
+
+def unread_members(trees):
+    read = _read_names(trees)
+    found = []
+    for path, tree in trees.items():
+        for cls, name, line in _class_members(tree):
+            if name.startswith("__") or name in HOST_PROTOCOL or name in read:
+                continue
+            found.append(f"{path.relative_to(ROOT)}:{line} {cls}.{name}")
+    return sorted(set(found))
+
+
+def test_production_objects_carry_no_test_switches():
+    """Every method, self attribute and __init__ keyword of every class in sonic_diffusion/
+    and nodes/ is read somewhere in the product itself (or is a host protocol name): a mode
+    flag only tests set, a counter only tests read, a method only tests call, fails here.
+    Tests observe the product from outside (tests/sonic_reference.py)."""
+    trees = _product_trees()
+    assert len(trees) > 40 and sum(1 for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ClassDef)) > 30
+    found = unread_members(trees)
+    assert not found, "members nothing in the product reads (test switches?):\n" + "\n".join(found)
+
+
+def test_the_host_protocol_names_are_the_hosts():
+    """Each name the scan lets pass is really defined by the host class it is listed with."""
+    import importlib
+
+    for name, (module, path) in HOST_PROTOCOL.items():
+        owner = importlib.import_module(module)
+        for part in path.split("."):
+            owner = getattr(owner, part)
+        assert hasattr(owner, name), (name, module, path)
+
+
+def test_the_switch_scan_sees_a_counter_a_flag_and_a_test_method(tmp_path):
+    """The scan itself, on a made-up class: a counter the product only increments, a
+    constructor flag the product never passes, and a method nothing in the product calls."""
+    src = tmp_path / "m.py"
+    src.write_text("class Patch:\n"
+                   "    def __init__(self, adapter, fast=False):\n"
+                   "        self.adapter, self.calls = adapter, 0\n"
+                   "    def __call__(self, n):\n"
+                   "        self.calls += 1\n"
+                   "        return n + self.adapter\n"
+                   "    def forward_all_layers(self):\n"
+                   "        return None\n"
+                   "p = Patch(1)\n")
+    tree = {src: ast.parse(src.read_text())}
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert {f.split(" ")[1] for f in unread_members(tree)} == {"Patch.calls", "Patch.fast",
+                                                                   "Patch.forward_all_layers"}
+    finally:
+        ROOT = saved

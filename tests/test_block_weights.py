@@ -7,7 +7,9 @@ import torch
 
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCK_PRESETS, parse_block_weights
-from sonic_reference import apply_adapter, spy_patch_calls, unet_call, unet_inputs, with_plain_reference
+from sonic_reference import spy_patch_calls
+from testing.references import with_plain_reference
+from testing.unet import apply_adapter, unet_call, unet_inputs
 
 APPLY = "SonicApplyAdapter"
 

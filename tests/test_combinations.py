@@ -11,7 +11,8 @@ import nodes
 
 from combo_parts import ShiftStream, apply_adapter, ksample, write_gligen
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
-from sonic_reference import record_attn2_streams, reference_term, spy_patch_calls
+from sonic_reference import record_attn2_streams, spy_patch_calls
+from testing.references import reference_term
 
 # fast (folded) path vs the plain formula on one block's term, fp32: the largest
 # |difference| / max|term| measured over these tests was 9.8e-6 (printed with -s);

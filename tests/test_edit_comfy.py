@@ -47,10 +47,28 @@ def test_controlnet_at_strength_zero_equals_none(parts, controlnet, plain):
 
 
 def test_area_conditioning_acts_on_the_edit(parts, plain):
-    area = nodes.NODE_CLASS_MAPPINGS["ConditioningSetArea"]().append(parts["neg"], 32, 32, 16, 16, 1.0)[0]
-    combined = nodes.NODE_CLASS_MAPPINGS["ConditioningCombine"]().combine(parts["pos"], area)[0]
+    """ConditioningSetArea: a second positive prompt on a 32x32-pixel area at (16, 16), i.e.
+    latent rows and columns 2..5 of the 8x8 latent. ComfyUI's calc_cond_batch averages its
+    prediction into the positive one inside the area only (weight 0 outside), and a DDIM
+    step is pointwise: so in a one-step edit the area changes the edit inside the area and
+    leaves it as it was outside. Over several steps the UNet spreads the change; the area
+    version then still differs both from the edit without it and from the same prompt
+    applied to the whole frame (an edit that ignored the area would equal that one)."""
+    set_area, combine = (nodes.NODE_CLASS_MAPPINGS[n]() for n in ("ConditioningSetArea", "ConditioningCombine"))
+    area = set_area.append(parts["neg"], 32, 32, 16, 16, 1.0)[0]
+    combined = combine.combine(parts["pos"], area)[0]
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:6, 2:6] = True
+    diff = (node_edit(parts, positive=combined, steps=1) - node_edit(parts, steps=1)).abs()
+    assert diff.shape[-2:] == inside.shape
+    outside_gap, inside_gap = float(diff[..., ~inside].max()), float(diff[..., inside].max())
+    print(f"one-step edit with the area vs without: outside {outside_gap:.2e}, inside {inside_gap:.2e}")
+    # Measured on this CPU: outside 0 (bitwise equal), inside 4.8e-2.
+    assert outside_gap == 0.0
+    assert inside_gap > 1e-3
     out = node_edit(parts, positive=combined)
-    assert out.isfinite().all() and (out - plain).abs().max() > 1e-4
+    whole_frame = node_edit(parts, positive=combine.combine(parts["pos"], parts["neg"])[0])
+    assert out.isfinite().all() and (out - plain).abs().max() > 1e-4 and (out - whole_frame).abs().max() > 1e-4
 
 
 def test_wrappers_and_cfg_functions_act_on_the_edited_rows(parts, plain):

@@ -14,7 +14,7 @@ import comfy.sd
 import folder_paths
 import nodes
 
-from graphs import link_audio_graph_files
+from testing.graphs import link_audio_graph_files
 from sonic_diffusion import AUDIO_EMBED_DIM
 
 AUDIO_A = "tone440_mono_44k_3s.wav"

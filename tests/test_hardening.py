@@ -270,7 +270,7 @@ def test_batch_mapping_rule_holds_for_any_sizes(embeds, latents):
 
 def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names):  # noqa: F811
 
-    from sonic_reference import unet_call, unet_inputs
+    from testing.unet import unet_call, unet_inputs
 
     host.new_executor()
     rss = []

@@ -11,7 +11,7 @@ import nodes
 
 from sonic_diffusion.animation import frame_count, frame_loudness_db, loudness_strengths
 from sonic_diffusion.patch import AudioBatchError
-from sonic_reference import apply_adapter, unet_call, unet_inputs
+from testing.unet import apply_adapter, unet_call, unet_inputs
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
 CURVE = nodes.NODE_CLASS_MAPPINGS["SonicLoudnessCurve"]

@@ -12,7 +12,8 @@ from sonic_diffusion.audio_call import CAPTURE
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.audio_rows import RunContext
 from sonic_diffusion.patch import SonicAudioPatch, StreamCapture
-from sonic_reference import sonic_patches, unet_call, unet_inputs
+from sonic_reference import sonic_patches
+from testing.unet import unet_call, unet_inputs
 from test_guidance import apply, cfg_guider, one_step, sample
 from test_guider_roles import parts  # noqa: F401  (module fixture)
 

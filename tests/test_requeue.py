@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from comfy_host import Host
-from graphs import audio_graph, link_audio_graph_files
+from testing.graphs import audio_graph, link_audio_graph_files
 
 MIB = 2 ** 20
 QUEUES = 20

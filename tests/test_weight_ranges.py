@@ -9,7 +9,8 @@ import nodes
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY, FACTOR_LIMIT, BlockWeightsError, \
     parse_block_weights
 from sonic_diffusion.patch import SonicAudioPatch
-from sonic_reference import block_call, reference_term
+from sonic_reference import block_call
+from testing.references import reference_term
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
 CURVE = nodes.NODE_CLASS_MAPPINGS["SonicLoudnessCurve"]

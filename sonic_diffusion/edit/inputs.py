@@ -15,9 +15,9 @@ CONTEXT_DIM = 768
 def check_model(model):
     """Refuses models the DDIM inversion cannot use; returns the model's sampling object."""
     try:
-        check_unet_fits(model, "")
+        check_unet_fits(model)
     except IncompatibleModelError as e:
-        raise EditInputError(str(e).lstrip(": ")) from None
+        raise EditInputError(str(e)) from None
     sampling = model.get_model_object("model_sampling")
     edm = getattr(comfy.model_sampling, "ModelSamplingDiscreteEDM", ())
     if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) or isinstance(sampling, edm) or \

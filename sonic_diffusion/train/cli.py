@@ -218,12 +218,15 @@ def _stage1_task(args, device, cache, sd_models, ckpt_id, sources):
 
 
 def _stage2_task(args, device, cache, sd_models, ckpt_id, sources, preloaded):
-    from ..compat import check_unet_fits
+    from ..compat import IncompatibleModelError, check_unet_fits
     from .cache import text_tokens
     from .stage2 import Stage2Task, build_adapter
 
     model, clip, vae = sd_models()
-    check_unet_fits(model, "train stage2")
+    try:
+        check_unet_fits(model)
+    except IncompatibleModelError as e:
+        raise IncompatibleModelError(f"train stage2: {e}") from None
     items, embeds, latents, _ = _usable_items(args, cache, need_latents=True, get_vae=lambda: vae, vae_id=ckpt_id)
     captions = [it.caption for it in items if it.caption] + [""]
     text = text_tokens(captions, cache, lambda: clip, ckpt_id)

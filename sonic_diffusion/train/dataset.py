@@ -89,13 +89,9 @@ def read_labels(path):
     return labels, problems
 
 
-def scan_folder(root):
-    """Finds the pairs; reads captions and labels (cheap). Decoding is checked elsewhere."""
-    root = Path(root)
-    if root.is_file():
-        raise NotADirectoryError(f"--data {root} is a file; give the folder that holds the x.wav + x.png pairs")
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+def _files_by_kind(root):
+    """{stem: [paths]} of the audio and image files and {stem: path} of the captions under
+    root, hidden files and folders skipped, in sorted walk order."""
     audio, image, caption = {}, {}, {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -103,49 +99,71 @@ def scan_folder(root):
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            rel = p.relative_to(root)
-            stem, ext = rel.with_suffix("").as_posix(), p.suffix.lower()
+            stem, ext = p.relative_to(root).with_suffix("").as_posix(), p.suffix.lower()
             if ext in AUDIO_EXTS:
                 audio.setdefault(stem, []).append(p)
             elif ext in IMAGE_EXTS:
                 image.setdefault(stem, []).append(p)
             elif ext == CAPTION_EXT:
                 caption[stem] = p
+    return audio, image, caption
+
+
+def _prefer_one_file(scan, kind, found):
+    """Stems with several files of one kind are noted; the preferred extension comes first."""
+    order = AUDIO_EXTS if kind == "audio" else IMAGE_EXTS
+    for stem, files in found.items():
+        if len(files) > 1:
+            scan.ambiguous.append((stem, [f.name for f in files]))
+            files.sort(key=lambda f: order.index(f.suffix.lower()))
+
+
+def _read_caption(scan, stem, path):
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        scan.caption_errors.append((stem, f"{type(e).__name__}: {e}"))
+        return None
+
+
+def _check_labels(scan, labels, paired):
+    """Pairs without a label, and labels without a pair."""
+    scan.unlabeled = [it.stem for it in scan.items if it.label is None]
+    unknown = sorted(s for s in labels if s not in paired)
+    if unknown:
+        scan.label_problems.append(f"{len(unknown)} stem(s) in {LABELS_FILE} have no pair: "
+                                   + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+
+
+def scan_folder(root):
+    """Finds the pairs; reads captions and labels (cheap). Decoding is checked elsewhere."""
+    root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"--data {root} is a file; give the folder that holds the x.wav + x.png pairs")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    audio, image, caption = _files_by_kind(root)
     scan = Scan(root=root)
-    for kind, found in (("audio", audio), ("image", image)):
-        for stem, files in found.items():
-            if len(files) > 1:
-                scan.ambiguous.append((stem, [f.name for f in files]))
-                # Deterministic choice: the preferred extension order above.
-                order = AUDIO_EXTS if kind == "audio" else IMAGE_EXTS
-                files.sort(key=lambda f: order.index(f.suffix.lower()))
-    labels_path = root / LABELS_FILE
+    _prefer_one_file(scan, "audio", audio)
+    _prefer_one_file(scan, "image", image)
     labels = {}
-    if labels_path.is_file():
-        scan.labels_file = labels_path
-        labels, scan.label_problems = read_labels(labels_path)
+    if (root / LABELS_FILE).is_file():
+        scan.labels_file = root / LABELS_FILE
+        labels, scan.label_problems = read_labels(scan.labels_file)
     for stem in sorted(set(audio) | set(image)):
         if stem not in image:
             scan.audio_only.append(stem)
-            continue
-        if stem not in audio:
+        elif stem not in audio:
             scan.image_only.append(stem)
-            continue
-        text = None
-        if stem in caption:
-            try:
-                text = caption[stem].read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as e:
-                scan.caption_errors.append((stem, f"{type(e).__name__}: {e}"))
-        scan.items.append(Item(stem, audio[stem][0], image[stem][0], text, labels.get(stem)))
+        else:
+            text = _read_caption(scan, stem, caption.get(stem))
+            scan.items.append(Item(stem, audio[stem][0], image[stem][0], text, labels.get(stem)))
     paired = {it.stem for it in scan.items}
     scan.orphan_captions = sorted(s for s in caption if s not in paired)
     if labels:
-        scan.unlabeled = [it.stem for it in scan.items if it.label is None]
-        unknown = sorted(s for s in labels if s not in paired)
-        if unknown:
-            scan.label_problems.append(f"{len(unknown)} stem(s) in {LABELS_FILE} have no pair: "
-                                       + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+        _check_labels(scan, labels, paired)
     return scan
 
 

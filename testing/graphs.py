@@ -1,4 +1,5 @@
-"""API-format graphs shared by the tests and the benchmarks."""
+"""API-format graphs shared by the tests and the benchmarks: the audio-to-image graph and
+its variants (a second audio mixed in, a second adapter stacked), and an Audio Edit of an image."""
 
 
 def link_audio_graph_files(host, fs, audio_a, audio_b=None):
@@ -34,4 +35,42 @@ def audio_graph(n, audio=None, seed=1, batch=1, ratios=None, stack=False, streng
                                                                      "audio_embeds": ["enc_a", 0], "strength": 1.0,
                                                                      "start_percent": 0.0, "end_percent": 1.0}}
         g["ks"]["inputs"]["model"] = ["apply2", 0]
+    return g
+
+
+def with_defaults(class_type, given):
+    """A node's required inputs for an API graph: `given`, the rest at their schema defaults."""
+    import nodes
+
+    required = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()["required"]
+    filled = {k: spec[1]["default"] for k, spec in required.items()
+              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
+    return {**filled, **given}
+
+
+def write_source_image(name, size=64):
+    """A smooth RGB gradient of size x size saved in ComfyUI's input folder as `name`."""
+    from pathlib import Path
+
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.stack([xx * 256 // size, yy * 256 // size, (xx + yy) * 128 // size], -1).astype(np.uint8)
+    Image.fromarray(img).save(Path(folder_paths.get_input_directory()) / name)
+    return name
+
+
+def edit_graph(n, image, audio=None, prompt="", strength=1.0, **edit_inputs):
+    """audio_graph() with its text-to-image tail replaced by an Audio Edit of the input image
+    `image`: the edit's inputs `edit_inputs`, the rest at their schema defaults."""
+    g = audio_graph(n, audio=audio, prompt=prompt, strength=strength)
+    del g["latent"], g["ks"]
+    g["img"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    g["venc"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["ckpt", 2]}}
+    g["edit"] = {"class_type": "SonicAudioEdit", "inputs": with_defaults("SonicAudioEdit", {
+        "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["venc", 0],
+        **edit_inputs})}
+    g["dec"]["inputs"]["samples"] = ["edit", 0]
     return g
