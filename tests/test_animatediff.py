@@ -118,9 +118,9 @@ def gen2_runs(parts, motion):
 
 def _acts(a, b):
     """Two runs differ clearly, not by rounding. Measured (one Euler step from sigma_max, whose
-    result is ~1e2 with the random stand-ins): the audio moves the motion-module run by ~1e-2 x
-    its scale, the motion module moves the audio-only run by ~1; rounding between equal runs
-    stays under 3e-7 x scale (the windowed rows below)."""
+    result is ~1e2 with the random stand-ins, 0.3.75 CPU): the audio moves the motion-module run
+    by 5.7e-3 x its scale, the motion module moves the audio-only run by 0.72; rounding between
+    equal runs stays under 3e-7 x scale (the windowed rows below)."""
     ratio = float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
     print(f"max |diff| / scale: {ratio:.2e}")
     return ratio > 1e-4
@@ -185,3 +185,18 @@ def test_windows_equal_the_whole_batch_row_by_row(parts, sonic_only, kind):
 def test_one_window_covering_everything_equals_no_context(parts, motion, gen2_runs):
     got = run(parts, gen2(sonic(parts["model"], parts), motion, standard_static(FRAMES, 0, equal=True)))
     close(got, gen2_runs["both"])
+
+
+def test_stand_in_has_the_published_mm_sd_v15_v2_layout(fixture_dir):
+    """Keys and shapes as AnimateDiff-Evolved's own SD1.5 v2 model has them (meta device), and
+    its loader's detection reads the file as an SD1.5 AnimateDiff v2 module of 32 positions."""
+    from testing.fixtures import motion
+
+    sd = torch.load(str(fixture_dir.motion_module()), map_location="cpu", mmap=True, weights_only=True)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == motion.motion_module_layout()
+    assert len(sd) == 588 and sum(v.numel() for v in sd.values()) == 454_417_600
+    assert {v.dtype for v in sd.values()} == {torch.float16}
+    ad = motion._ad_module("motion_module_ad")
+    _, info = ad.normalize_ad_state_dict(dict(sd), "mm_sd_v15_v2.ckpt")
+    assert (info.sd_type, info.mm_format, info.mm_version) == ("SD1.5", "AnimateDiff", "v2")
+    assert ad.get_position_encoding_max_len(sd, info.mm_name, info.mm_format) == motion.MM_V2_POSITIONS
