@@ -7,7 +7,9 @@ Kept small for a shared CPU: the windows of the first --frames frames of the 3-m
 clip are built from the whole clip and encoded (MS-CLAP stand-in weights, same cost as
 the real ones); one UNet call (cond + uncond, the adapter applied) is timed at --size.
 Totals for all 1,440 frames are extrapolated from those rates (per-frame work does not
-depend on the frame). The VAE decode is not counted.
+depend on the frame). The VAE decode is not counted. Long clips (2,160 frames at 12 fps,
+frames per minute and peak memory of the whole encode and of windowed sampling under
+AnimateDiff-Evolved's context options): bench/animation_long.py.
 """
 import argparse
 import math

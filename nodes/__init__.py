@@ -6,6 +6,7 @@ from .conditioning import SonicAudioConditioning
 from .edit import SonicAudioEdit
 from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
 from .animation import SonicAudioEncodeFrames, SonicLoudnessCurve, SonicSharedNoise
+from .frames import SonicCreateVideo, SonicLatentFrames
 from .guidance import SonicAudioGuidance, SonicDualGuider
 from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
@@ -25,6 +26,8 @@ NODES = [
     SonicAudioEncodeFrames,
     SonicLoudnessCurve,
     SonicSharedNoise,
+    SonicLatentFrames,
+    SonicCreateVideo,
 ]
 
 

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
                                          loudness_strengths)
 from ..sonic_diffusion.blocks import check_factor
-from .common import (CATEGORY, SonicAudioEmbeds, SonicAudioEncoderType, SonicStrengthCurve,
+from ..sonic_diffusion.frame_timing import FrameTiming
+from .common import (CATEGORY, SonicAudioEmbeds, SonicAudioEncoderType, SonicFrameTiming, SonicStrengthCurve,
                      audio_value, node_errors, require_finite, schema)
 
 CURVE = "Loudness Strength Curve (Sonic)"
@@ -44,6 +45,10 @@ class SonicAudioEncodeFrames(io.ComfyNode):
                 SonicAudioEmbeds.Output(display_name="audio_embeds"),
                 io.Int.Output(display_name="frame_count", tooltip="Number of frames: the latent batch size."),
                 io.Float.Output(display_name="fps", tooltip="The fps, for Create Video and Save Animated WEBP."),
+                SonicFrameTiming.Output(display_name="timing",
+                                        tooltip="fps and frame count in one value: connect it to Empty Latent "
+                                                "Frames (Sonic) and Create Video (Sonic) so frames, latents and "
+                                                "video share one fps."),
             ],
         )
 
@@ -63,7 +68,10 @@ class SonicAudioEncodeFrames(io.ComfyNode):
                                    window_s=window_seconds, hop_s=hop_seconds, smoothing_s=smoothing_seconds,
                                    progress=progress,
                                    check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-        return io.NodeOutput(embeds, int(embeds.shape[0]), float(fps))
+        timing = FrameTiming.of_clip(waveform.shape[-1] / sample_rate, fps)
+        if timing.frames != int(embeds.shape[0]):  # one frame rule for both: never expected
+            raise RuntimeError(f"{node}: {embeds.shape[0]} embeddings for {timing.describe()}")
+        return io.NodeOutput(embeds, timing.frames, float(fps), timing)
 
 
 class SonicLoudnessCurve(io.ComfyNode):

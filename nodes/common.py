@@ -16,6 +16,7 @@ SonicAudioEmbeds = io.Custom("SONIC_AUDIO_EMBEDS")
 SonicAdapterType = io.Custom("SONIC_ADAPTER")
 SonicAudioEncoderType = io.Custom("SONIC_AUDIO_ENCODER")
 SonicStrengthCurve = io.Custom("SONIC_STRENGTH_CURVE")
+SonicFrameTiming = io.Custom("SONIC_FRAME_TIMING")
 # Core ComfyUI's "Audio Encoder Encode" output, as the pack's audio embeddings: the pack's CLAP
 # (Audio Encoder Loader (Sonic)'s AUDIO_ENCODER output) makes one that nodes taking audio_embeds
 # accept. One input of both types, not a converter node: core's output plugs straight in, and

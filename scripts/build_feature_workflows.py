@@ -7,6 +7,11 @@
 - sonic_audio_animation.json: Audio Encode Frames (Sonic) -> one latent per frame with
   Shared Noise (Sonic) and a Loudness Strength Curve (Sonic) -> frames (SaveImage), an
   animated WEBP and a video with the original audio track (CreateVideo -> SaveVideo)
+- sonic_audio_reactive_animatediff.json: AnimateDiff-Evolved (Gen2 motion module, Standard
+  Static context options) with Audio Encode Frames (Sonic) and a Loudness Strength Curve (Sonic);
+  one timing output sets the latent batch (Empty Latent Frames (Sonic)) and the video's fps
+  (Create Video (Sonic), the audio muxed in) -> SaveVideo. Needs AnimateDiff-Evolved in the host
+  (scripts/comfy_host.py links ../shared/packs/ComfyUI-AnimateDiff-Evolved).
 - sonic_regional_audio.json: two sounds in two halves of one image: Conditioning (Set Area with
   Percentage) -> Audio Conditioning (Sonic) per half -> Conditioning (Combine) -> KSampler
 
@@ -22,6 +27,9 @@ import build_workflows as bw  # noqa: E402
 import comfy_host  # noqa: E402
 
 PROMPT = "a landscape photograph, highly detailed"
+# The published AnimateDiff v2 motion module (AnimateDiff-Evolved's README links this repository).
+MOTION_MODULE = {"name": "mm_sd_v15_v2.ckpt", "directory": "animatediff_models",
+                 "url": "https://huggingface.co/guoyww/animatediff/resolve/main/mm_sd_v15_v2.ckpt"}
 
 
 class Graph(bw.Graph):
@@ -144,6 +152,51 @@ def audio_animation():
     return g
 
 
+def _animatediff(g, model):
+    """AnimateDiff-Evolved Gen2: motion module, sliding context windows, evolved sampling."""
+    load = g.add("ADE_LoadAnimateDiffModel", {"model_name": MOTION_MODULE["name"]}, (840, 1100),
+                 models=[MOTION_MODULE])
+    motion = g.add("ADE_ApplyAnimateDiffModelSimple", {}, (1260, 1100))
+    g.link(load, 0, motion, "motion_model")
+    context = g.add("ADE_StandardStaticContextOptions", {"context_length": 16, "context_overlap": 4}, (1260, 1300))
+    evolved = g.add("ADE_UseEvolvedSampling", {"beta_schedule": "autoselect"}, (1680, 1100))
+    g.link(model, 0, evolved, "model")
+    g.link(motion, 0, evolved, "m_models")
+    g.link(context, 0, evolved, "context_options")
+    return evolved
+
+
+def audio_reactive_animatediff():
+    g = Graph()
+    ckpt, pos, neg, enc_loader, audio, adapter = _common(g, {"duration": 8.0})
+    frames, apply = _encode_and_apply(g, ckpt, enc_loader, audio, adapter, "SonicAudioEncodeFrames",
+                                      {"fps": 12.0, "window_seconds": 10.0, "hop_seconds": 0.25,
+                                       "smoothing_seconds": 0.25})
+    curve = g.add("SonicLoudnessCurve", {"fps": 12.0}, (0, 1120))
+    g.link(audio, 0, curve, "audio")
+    g.link_widget(frames, 2, curve, "fps")
+    g.link(curve, 0, apply, "strength_curve")
+    evolved = _animatediff(g, apply)
+    latent = g.add("SonicLatentFrames", {"width": 512, "height": 512}, (840, 260))
+    g.link(frames, 3, latent, "timing")
+    widgets = {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal"}
+    ks = g.add("KSampler", widgets, (2100, 0))
+    g.link(evolved, 0, ks, "model")
+    g.link(pos, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.add("VAEDecode", {}, (2520, 0))
+    g.link(ks, 0, dec, "samples")
+    g.link(ckpt, 2, dec, "vae")
+    video = g.add("SonicCreateVideo", {}, (2940, 0))
+    g.link(dec, 0, video, "images")
+    g.link(frames, 3, video, "timing")
+    g.link(audio, 0, video, "audio")
+    save = g.add("SaveVideo", {"filename_prefix": "video/sonic_animatediff"}, (3360, 0))
+    g.link(video, 0, save, "video")
+    return g
+
+
 def _region(g, pos, adapter, enc_loader, audio_file, side, x, y):
     """One half of the image with its own sound: audio -> encode -> area -> audio conditioning."""
     audio = g.add("SonicLoadAudio", {"audio": audio_file}, (0, y), title=f"Load Audio ({side} half)")
@@ -185,6 +238,7 @@ WORKFLOWS = {
     "sonic_dual_guidance.json": dual_guidance,
     "sonic_audio_guidance_ksampler.json": ksampler_guidance,
     "sonic_audio_animation.json": audio_animation,
+    "sonic_audio_reactive_animatediff.json": audio_reactive_animatediff,
     "sonic_regional_audio.json": regional_audio,
 }
 

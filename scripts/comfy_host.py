@@ -16,6 +16,10 @@ HOST = Path(os.environ.get("SONIC_COMFYUI_DIR", BUILD / "comfyui"))
 # Generated stand-in weights, the same on every host: scripts/run_tests.sh shares one folder.
 FIXTURES = Path(os.environ.get("SONIC_FIXTURE_DIR") or BUILD / "fixtures")
 PACK_DIR_NAME = "comfyui-sonicdiffusion"
+# Third-party packs users run beside this one (read-only trees, docs in ../shared/packs/README.md):
+# linked into the host's custom_nodes/ when present. SONIC_SHARED_PACKS names another folder.
+SHARED_PACKS = Path(os.environ.get("SONIC_SHARED_PACKS") or ROOT.parent / "shared" / "packs")
+BESIDE_PACKS = ("ComfyUI-AnimateDiff-Evolved",)
 # (path, error) of each module ComfyUI's loader could not import during boot() (it only logs them).
 IMPORT_FAILURES = []
 
@@ -40,6 +44,7 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
         sys.path.append(str(ROOT))
     from sonic_diffusion import host as sonic_host  # the one in-process boot, shared with evaluate --generate
 
+    link_beside_packs(base)
     failures = _ImportFailureLog(logging.WARNING)
     logging.getLogger().addHandler(failures)
     try:
@@ -47,6 +52,27 @@ def boot(base: Path, extra_model_paths=None, cpu=True):
     finally:
         logging.getLogger().removeHandler(failures)
     return pack
+
+
+def link_beside_packs(base: Path):
+    """Links each pack of BESIDE_PACKS found in SHARED_PACKS into base/custom_nodes/ (never a copy
+    that could be edited). Returns the names linked."""
+    linked = []
+    for name in BESIDE_PACKS:
+        src = SHARED_PACKS / name
+        if not (src / "__init__.py").is_file():
+            continue
+        dest = Path(base) / "custom_nodes" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            os.symlink(src, dest)
+        linked.append(name)
+    return linked
+
+
+def beside_pack_module(name):
+    """The loaded module of a linked third-party pack (ComfyUI keys it by its path), or None."""
+    return next((m for k, m in list(sys.modules.items()) if k.replace("\\", "/").split("/")[-1] == name), None)
 
 
 class _ServerStub:
@@ -122,11 +148,13 @@ class Host:
         return GraphRun(self.executor, prompt)
 
     def link_model(self, folder, src, name=None):
-        """Symlinks a file into the first path of models/<folder>/ so loaders list it."""
+        """Symlinks a file into the first path of models/<folder>/ outside custom_nodes/ so loaders list it."""
         import folder_paths
 
         src = Path(src)
-        dest_dir = Path(folder_paths.get_folder_paths(folder)[0])
+        paths = folder_paths.get_folder_paths(folder)
+        # Not into a pack's own models folder (AnimateDiff-Evolved lists its read-only tree first).
+        dest_dir = Path(next((p for p in paths if "custom_nodes" not in Path(p).parts), paths[0]))
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / (name or src.name)
         if not dest.exists():

@@ -59,7 +59,7 @@ fi
 # suite twice does not fit CI's time on 2 cores. SONIC_HOST_TESTS="tests" runs everything.
 # A failure there fails the run; SONIC_STRICT_HOSTS=0 reports it as advisory instead (for
 # trying a tree of your own).
-read -r -a host_tests <<< "${SONIC_HOST_TESTS:-tests/test_registration.py tests/test_node_docs.py tests/test_workflows.py tests/test_audio_paths.py tests/test_generation.py tests/test_combinations.py tests/test_loudness_curve.py tests/test_edit_comfy.py tests/test_server_memory.py tests/test_inversion_cache.py tests/test_audio_budget.py tests/test_audio_rate_rule.py tests/test_weight_ranges.py tests/test_audio_encoder_interop.py tests/test_audio_rows.py tests/test_guider_roles.py tests/test_regions.py tests/test_patch_state.py tests/test_context_windows.py}"
+read -r -a host_tests <<< "${SONIC_HOST_TESTS:-tests/test_registration.py tests/test_node_docs.py tests/test_workflows.py tests/test_audio_paths.py tests/test_generation.py tests/test_combinations.py tests/test_loudness_curve.py tests/test_edit_comfy.py tests/test_server_memory.py tests/test_inversion_cache.py tests/test_audio_budget.py tests/test_audio_rate_rule.py tests/test_weight_ranges.py tests/test_audio_encoder_interop.py tests/test_audio_rows.py tests/test_guider_roles.py tests/test_regions.py tests/test_patch_state.py tests/test_context_windows.py tests/test_animatediff.py tests/test_frame_timing.py}"
 host_advisory=
 [ "${SONIC_STRICT_HOSTS:-1}" = 0 ] && host_advisory=yes
 

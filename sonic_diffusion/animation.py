@@ -18,14 +18,10 @@ import comfy.sample
 
 from . import CLAP_SAMPLE_RATE
 from .audio_prep import check_sample_rate, prepare_clip
+from .frame_timing import frame_count
 from .resample import output_length, resample_window
 
 MAX_WINDOW_S = 10.0
-
-
-def frame_count(duration_s, fps):
-    """Frames of a clip of duration_s seconds at fps: one per 1/fps seconds, at least one."""
-    return max(1, int(math.floor(duration_s * fps + 1e-9)))
 
 
 def window_bounds(center_s, window_s, duration_s):

@@ -19,8 +19,8 @@ import comfy_host  # noqa: E402
 
 BUILD = comfy_host.BUILD
 FIXTURE_DIR = comfy_host.FIXTURES
-# Under CI=true a skipped browser test is a failure: CI must not pass without it.
-STRICT_SKIP_MODULES = ("test_browser.py",)
+# Under CI=true a skipped browser or AnimateDiff-Evolved test is a failure: CI must not pass without them.
+STRICT_SKIP_MODULES = ("test_browser.py", "test_animatediff.py")
 
 
 TORCHAUDIO_BLOCKED = os.environ.get("SONIC_BLOCK_TORCHAUDIO") == "1"

@@ -164,9 +164,9 @@ def test_frames_equal_audio_encode_windows(host, fixture_dir):
     run = lambda node_id, **kw: nodes.NODE_CLASS_MAPPINGS[node_id].execute(**kw).result  # noqa: E731
     encoder = run("SonicAudioEncoderLoader", clap_name=clap)[0]
     audio = run("SonicLoadAudio", audio=name, start_time=0.0, duration=0.0, gain_db=0.0)[0]
-    frames, count, fps = run("SonicAudioEncodeFrames", audio_encoder=encoder, audio=audio, fps=0.2,
-                             window_seconds=10.0, hop_seconds=0.0, smoothing_seconds=0.0)
-    assert count == 5 and frames.shape == (5, 1024)
+    frames, count, fps, timing = run("SonicAudioEncodeFrames", audio_encoder=encoder, audio=audio, fps=0.2,
+                                     window_seconds=10.0, hop_seconds=0.0, smoothing_seconds=0.0)
+    assert count == timing.frames == 5 and frames.shape == (5, 1024) and fps == timing.fps == 0.2
     for k in (1, 3):  # frames at 5 s and 15 s: windows [0, 10) and [10, 20)
         single = run("SonicAudioEncode", audio_encoder=encoder, audio=audio, window="offset", offset=5.0 * k - 5.0)[0]
         # measured max |diff| 2.8e-8 and 3.7e-8 (a batch of 4 clips vs 1)

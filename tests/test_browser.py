@@ -57,6 +57,7 @@ FRONTEND = os.environ.get("SONIC_FRONTEND") or None
 FRONTENDS_DIR = Path(os.environ.get("SONIC_FRONTENDS_DIR") or comfy_host.BUILD / "frontends")
 # The CPU is slow: tiny images and few steps, set through the page's own widgets.
 SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64},
+         "SonicLatentFrames": {"width": 64, "height": 64},
          "KSampler": {"steps": 2}, "SonicAudioEdit": {"steps": 2}, "BasicScheduler": {"steps": 2},
          "SonicAudioEncodeFrames": {"fps": 1.0}, "SonicLoadAudio": {"duration": 2.0}}
 
@@ -110,6 +111,7 @@ def server(chromium, fixture_dir, tmp_path_factory):
     for sub in ("custom_nodes", "input", "output", "models", "temp", "user/default"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     os.symlink(ROOT, base / "custom_nodes" / comfy_host.PACK_DIR_NAME)
+    comfy_host.link_beside_packs(base)  # AnimateDiff-Evolved, for its workflow
     for path in WORKFLOWS:
         for folder, names in workflow_tools.model_files(workflow_tools.load(path)).items():
             for name in names:
@@ -300,12 +302,14 @@ def test_workflow_runs_from_the_page(path, page, server, drops):
             if node["class_type"] in SMALL:
                 for k, v in SMALL[node["class_type"]].items():
                     assert node["inputs"][k] == v
+        # Animation graphs also save WEBP and video; the AnimateDiff one saves only a video.
         images = [img for out in entry["outputs"].values() for img in out.get("images", [])
-                  if img.get("filename", "").endswith(".png")]  # animation graphs also save WEBP and video
-        assert images, f"{path.name}: no PNG image in the history: {entry['outputs']}"
-        png = server.request("/view?" + urllib.parse.urlencode(
+                  if img.get("filename", "").endswith((".png", ".mp4"))]
+        images.sort(key=lambda img: not img["filename"].endswith(".png"))
+        assert images, f"{path.name}: no PNG image or MP4 video in the history: {entry['outputs']}"
+        data = server.request("/view?" + urllib.parse.urlencode(
             {"filename": images[0]["filename"], "subfolder": images[0]["subfolder"], "type": images[0]["type"]}))
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" if images[0]["filename"].endswith(".png") else data[4:8] == b"ftyp"
         print(f"{path.name}: ran from the page in {time.time() - t0:.1f} s, {len(images)} image(s)")
     finally:
         workflow_tools.use_object_info(None)

@@ -25,6 +25,8 @@ EXPECTED_NODES = {
     "SonicAudioEncodeFrames": "Audio Encode Frames (Sonic)",
     "SonicLoudnessCurve": "Loudness Strength Curve (Sonic)",
     "SonicSharedNoise": "Shared Noise (Sonic)",
+    "SonicLatentFrames": "Empty Latent Frames (Sonic)",
+    "SonicCreateVideo": "Create Video (Sonic)",
 }
 
 
