@@ -257,13 +257,14 @@ def test_reduced_unet_without_the_adapter_blocks_is_refused(host, fixture_dir):
 def test_batch_mapping_rule_holds_for_any_sizes(embeds, latents):
     tokens = torch.arange(embeds, dtype=torch.float32).view(embeds, 1, 1).expand(embeds, 77, 768)
     if embeds == 1 or embeds == latents:
-        rows = _rows_for_chunk(tokens, latents)
+        rows = _rows_for_chunk(tokens, latents, "Apply Sonic Adapter")
         assert rows.shape[0] == latents
         expected = torch.zeros(latents) if embeds == 1 else torch.arange(latents, dtype=torch.float32)
         assert torch.equal(rows[:, 0, 0], expected)
     else:
-        with pytest.raises(AudioBatchError, match=f"{embeds} audio embeddings for a batch of {latents} latents"):
-            _rows_for_chunk(tokens, latents)
+        with pytest.raises(AudioBatchError,
+                           match=f"Apply Sonic Adapter: {embeds} audio embeddings for a batch of {latents} latents"):
+            _rows_for_chunk(tokens, latents, "Apply Sonic Adapter")
 
 
 # ------------------------------------------------------------------- repetition
