@@ -11,4 +11,4 @@ from .nodes import comfy_entrypoint  # noqa: E402
 
 WEB_DIRECTORY = "./web"
 
-__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

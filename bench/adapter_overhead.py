@@ -15,7 +15,6 @@ per-repetition ratio, and whether the difference is inside the noise.
 import argparse
 
 import torch
-
 from common import boot, interleaved, load_adapter, load_unet, summary
 
 

@@ -16,7 +16,6 @@ import math
 import time
 
 import torch
-
 from common import boot, load_adapter, load_unet, summary
 
 SECONDS, FPS, RATE = 180.0, 8.0, 44100

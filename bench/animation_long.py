@@ -17,7 +17,6 @@ import time
 
 import psutil
 import torch
-
 from animation import song
 from common import boot, comfy_host, load_adapter, load_unet
 
@@ -71,8 +70,9 @@ def bench_encode(fs, hop_s):
 
 
 def bench_sampling(fs, embeds, frames, size):
-    import comfy.samplers
     import comfy.sample
+    import comfy.samplers
+
     import nodes
 
     if comfy_host.beside_pack_module("ComfyUI-AnimateDiff-Evolved") is None:
@@ -101,7 +101,7 @@ def bench_sampling(fs, embeds, frames, size):
     latent = torch.zeros(frames, 4, size // 8, size // 8)
     sigmas = comfy.samplers.calculate_sigmas(evolved.get_model_object("model_sampling"), "normal", 1)
     noise = comfy.sample.prepare_noise(latent, 0)
-    run = lambda: guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas,  # noqa: E731
+    run = lambda: guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas,
                                 disable_pbar=True, seed=0)
     run()  # loads the UNet and the motion module
     with PeakRss() as mem:

@@ -17,7 +17,6 @@ import argparse
 import time
 
 import torch
-
 from common import boot, device_name, profile_shares, summary, synchronize
 
 
@@ -73,7 +72,7 @@ def frontend_line(encoder, clip, device, reps):
     with torch.no_grad():
         for dtype in (frontend_dtype(device), torch.float32):
             frontend(x, dtype=dtype)  # warm-up
-            ms[dtype] = 1e3 * summary(timed(lambda: frontend(x, dtype=dtype), reps, device))[0]
+            ms[dtype] = 1e3 * summary(timed(lambda d=dtype: frontend(x, dtype=d), reps, device))[0]
     chosen = frontend_dtype(device)
     return (f"front end (log-mel): on {device_name(device)} in {chosen}, {ms[chosen]:.1f} ms per clip"
             + (f" (float32 there: {ms[torch.float32]:.1f} ms)" if chosen != torch.float32 else "")

@@ -9,7 +9,6 @@ import copy
 import time
 
 import torch
-
 from common import boot, load_adapter, load_unet
 
 
@@ -44,7 +43,6 @@ def main():
     args = ap.parse_args()
     fs = boot()
     import nodes
-
     from testing.unet import apply_adapter, call_audio
 
     model = load_unet(fs)

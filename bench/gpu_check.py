@@ -23,9 +23,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import common
+import torch
 
 SIZES = {"full": dict(exact_latent=64, p1_size=512, p1_reps=15, clap_batches=(1, 16), clap_reps=5,
                       image=512, steps=20, edit_steps=50, halves=("fp16", "bf16")),
@@ -218,6 +217,7 @@ def measure_p2(fs, device, cfg):
 def run_graphs(fs, cfg):
     """One audio-to-image run and one edit through ComfyUI's executor, timed."""
     from comfy_host import Host
+
     from testing.graphs import audio_graph, edit_graph, link_audio_graph_files, write_source_image
 
     host = Host()

@@ -10,7 +10,6 @@ import resource
 
 import psutil
 import torch
-
 from common import boot, device_name, load_adapter, load_unet, peak_allocated, reset_peak
 
 MIB = 2 ** 20

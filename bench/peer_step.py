@@ -15,7 +15,6 @@ time goes).
 import argparse
 
 import torch
-
 from common import boot, interleaved, load_adapter, load_unet, profile_shares, summary
 
 

@@ -39,10 +39,11 @@ def main():
     args = ap.parse_args()
     fs = boot()
     from comfy_host import Host
-    from testing.graphs import audio_graph, edit_graph, link_audio_graph_files, write_source_image
-    from sonic_diffusion.edit import sampler as edit_sampler
+
     from sonic_diffusion.clap import ClapAudioEncoder
+    from sonic_diffusion.edit import sampler as edit_sampler
     from sonic_diffusion.projector import AudioProjector
+    from testing.graphs import audio_graph, edit_graph, link_audio_graph_files, write_source_image
 
     counts = {"encode": 0, "project": 0, "invert": 0}
     seconds = {k: 0.0 for k in counts}

@@ -2,13 +2,13 @@
 from comfy_api.latest import ComfyExtension
 
 from .adapter import SonicAdapterLoader, SonicApplyAdapter
+from .animation import SonicAudioEncodeFrames, SonicLoudnessCurve, SonicSharedNoise
+from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 from .conditioning import SonicAudioConditioning
 from .edit import SonicAudioEdit
 from .edit_custom import SonicDDIMEditSampler, SonicEditGuider
-from .animation import SonicAudioEncodeFrames, SonicLoudnessCurve, SonicSharedNoise
 from .frames import SonicCreateVideo, SonicLatentFrames
 from .guidance import SonicAudioGuidance, SonicDualGuider
-from .audio import SonicAudioEmbedsMix, SonicAudioEncode, SonicAudioEncoderLoader, SonicLoadAudio
 
 NODES = [
     SonicLoadAudio,

@@ -4,15 +4,32 @@ import torch
 from comfy_api.latest import io
 
 from ..sonic_diffusion import checkpoints
-from ..sonic_diffusion.blocks import (BLOCK_PRESETS, BLOCK_SITE_NAMES, FACTOR_LIMIT, BlockWeightsError, check_factor,
-                                      parse_block_weights)
-from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
 from ..sonic_diffusion.audio_call import register
+from ..sonic_diffusion.blocks import (
+    BLOCK_PRESETS,
+    BLOCK_SITE_NAMES,
+    FACTOR_LIMIT,
+    BlockWeightsError,
+    check_factor,
+    parse_block_weights,
+)
+from ..sonic_diffusion.compat import IncompatibleModelError, check_unet_fits
 from ..sonic_diffusion.patch import SonicAudioPatch
 from ..sonic_diffusion.runtime import SonicAdapter, resident_dtype
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
-                     check_curve, check_embeds, node_errors, require_finite, schema)
+from .common import (
+    CATEGORY,
+    EMBEDS_TYPES,
+    NodeInputError,
+    SonicAdapterType,
+    SonicStrengthCurve,
+    audio_embeds_value,
+    check_curve,
+    check_embeds,
+    node_errors,
+    require_finite,
+    schema,
+)
 from .folders import SONIC_FOLDER
 
 BUNDLED = "bundled (from the adapter file)"
@@ -68,7 +85,7 @@ class SonicAdapterLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("adapter_name", options=adapters,
                                tooltip="The gated attention weights (landscape.pt, greatest_hits.pt) or a bundle."),
-                io.Combo.Input("projector_name", options=[BUNDLED] + projectors, default=BUNDLED,
+                io.Combo.Input("projector_name", options=[BUNDLED, *projectors], default=BUNDLED,
                                tooltip="The audio projector (audio_projector_landscape.pth / audio_projector_gh.pth). "
                                        "Keep 'bundled' for a .safetensors bundle that already holds it."),
             ],

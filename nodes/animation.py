@@ -4,12 +4,20 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_diffusion.animation import (MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db,
-                                         loudness_strengths)
+from ..sonic_diffusion.animation import MAX_WINDOW_S, SharedNoise, encode_frames, frame_loudness_db, loudness_strengths
 from ..sonic_diffusion.blocks import check_factor
 from ..sonic_diffusion.frame_timing import FrameTiming
-from .common import (CATEGORY, SonicAudioEmbeds, SonicAudioEncoderType, SonicFrameTiming, SonicStrengthCurve,
-                     audio_value, node_errors, require_finite, schema)
+from .common import (
+    CATEGORY,
+    SonicAudioEmbeds,
+    SonicAudioEncoderType,
+    SonicFrameTiming,
+    SonicStrengthCurve,
+    audio_value,
+    node_errors,
+    require_finite,
+    schema,
+)
 
 CURVE = "Loudness Strength Curve (Sonic)"
 ENCODE_FRAMES = "Audio Encode Frames (Sonic)"

@@ -14,8 +14,16 @@ from ..sonic_diffusion.audio_prep import check_window_offset, prepare_clip
 from ..sonic_diffusion.clap import ClapEncoder, ClapWeightsError, load_clap_state_dict
 from ..sonic_diffusion.paths import PathRefusedError, check_regular_file, is_inside, resolve_confined
 from ..sonic_diffusion.safe_load import load_weights_file
-from .common import (CATEGORY, NodeInputError, SonicAudioEmbeds, SonicAudioEncoderType, audio_value, node_errors,
-                     require_finite, schema)
+from .common import (
+    CATEGORY,
+    NodeInputError,
+    SonicAudioEmbeds,
+    SonicAudioEncoderType,
+    audio_value,
+    node_errors,
+    require_finite,
+    schema,
+)
 from .folders import CLAP_FOLDER
 
 LOAD_NODE = "Load Audio (Sonic)"

@@ -6,7 +6,6 @@ import math
 import numbers
 
 import torch
-
 from comfy_api.latest import io
 
 from ..sonic_diffusion.audio_prep import check_sample_rate
@@ -51,11 +50,12 @@ def node_errors(node, *kinds, prefix="", suffix="", describe=str):
     NodeInputError naming the node: "{node}: {prefix}{describe(e)}{suffix}". The model
     code's messages say what is wrong and the fix; the node layer adds which node. A
     NodeInputError raised inside passes through unchanged."""
+    catch = kinds or (ValueError,)
     try:
         yield
     except NodeInputError:
         raise
-    except (kinds or (ValueError,)) as e:
+    except catch as e:
         raise NodeInputError(f"{node}: {prefix}{describe(e)}{suffix}") from None
 
 

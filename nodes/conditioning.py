@@ -4,8 +4,19 @@ from comfy_api.latest import io
 
 from ..sonic_diffusion.audio_rows import COND_KEY, AttachedAudio
 from ..sonic_diffusion.blocks import FACTOR_LIMIT, BlockWeightsError, check_factor
-from .common import (CATEGORY, EMBEDS_TYPES, NodeInputError, SonicAdapterType, SonicStrengthCurve, audio_embeds_value,
-                     check_curve, check_embeds, node_errors, require_finite, schema)
+from .common import (
+    CATEGORY,
+    EMBEDS_TYPES,
+    NodeInputError,
+    SonicAdapterType,
+    SonicStrengthCurve,
+    audio_embeds_value,
+    check_curve,
+    check_embeds,
+    node_errors,
+    require_finite,
+    schema,
+)
 
 NODE = "Audio Conditioning (Sonic)"
 

@@ -1,8 +1,7 @@
 """Audio Edit (Sonic): DDIM inversion + Plug-and-Play editing of an encoded image, in one node
 (the same guider and sampler as Sonic Edit Guider + Sonic DDIM Edit Sampler)."""
-import latent_preview
-
 import comfy.model_management
+import latent_preview
 from comfy_api.latest import io
 
 from ..sonic_diffusion import edit

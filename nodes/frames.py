@@ -1,8 +1,7 @@
 """Empty Latent Frames (Sonic) and Create Video (Sonic): the latent batch and the video
 take their frame count and fps from Audio Encode Frames (Sonic)'s timing output."""
-import torch
-
 import comfy.model_management
+import torch
 from comfy_api.latest import InputImpl, Types, io
 
 from ..sonic_diffusion.frame_timing import FrameTiming, audio_for_video

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import build_workflows as bw  # noqa: E402
-import comfy_host  # noqa: E402
+import build_workflows as bw
+import comfy_host
 
 PROMPT = "a landscape photograph, highly detailed"
 # The published AnimateDiff v2 motion module (AnimateDiff-Evolved's README links this repository).

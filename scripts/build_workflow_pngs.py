@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfy_host  # noqa: E402
+import comfy_host
 
 WORKFLOWS = comfy_host.ROOT / "workflows"
 

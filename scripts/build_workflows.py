@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfy_host  # noqa: E402
+import comfy_host
 
 OUT = comfy_host.ROOT / "workflows"
 

@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfy_host  # noqa: E402
-from comfy_server import ComfyServer, ServerError  # noqa: E402
-import workflow_tools  # noqa: E402
+import comfy_host
+import workflow_tools
+from comfy_server import ComfyServer, ServerError
 
 ROOT = comfy_host.ROOT
 WORKFLOW = ROOT / "workflows" / "sonic_audio_to_image.json"

@@ -41,7 +41,7 @@ def main(link_dir, target_site):
             entries |= _top_level_entries(dist)
             site = site or str(dist.locate_file(""))
     if site is None or "torch" not in entries:
-        sys.exit("share_torch: no torch installed in %s" % sys.prefix)
+        sys.exit(f"share_torch: no torch installed in {sys.prefix}")
     if os.path.isdir(link_dir):
         shutil.rmtree(link_dir)
     os.makedirs(link_dir)
@@ -51,7 +51,7 @@ def main(link_dir, target_site):
             os.symlink(source, os.path.join(link_dir, name))
     with open(os.path.join(target_site, PTH_NAME), "w", encoding="ascii") as handle:
         handle.write(os.path.abspath(link_dir) + "\n")
-    print("share_torch: %d entries from %s linked into %s" % (len(entries), site, link_dir))
+    print(f"share_torch: {len(entries)} entries from {site} linked into {link_dir}")
 
 
 if __name__ == "__main__":

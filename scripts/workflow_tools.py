@@ -9,9 +9,8 @@ from pathlib import Path
 
 if "sonic_diffusion" not in sys.modules:  # the tests alias the copy ComfyUI loaded; else the pack's root
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: its nodes/ must not shadow ComfyUI's
-from testing import workflows  # noqa: E402
-from testing.workflows import (VIRTUAL_NODES, WorkflowError, has_control_widget,  # noqa: E402,F401
-                                       is_widget)
+from testing import workflows
+from testing.workflows import VIRTUAL_NODES, WorkflowError, has_control_widget, is_widget
 
 _OBJECT_INFO = None
 

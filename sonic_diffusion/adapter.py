@@ -3,11 +3,10 @@
 Attribute names follow the official gate files (`attn_adapter.to_q`, `norm_adapter`,
 `gate_adapter`), so a block's official tensors load into it by their own suffixes.
 """
-import torch
-import torch.nn as nn
-
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
+import torch
+import torch.nn as nn
 
 from . import TOKEN_DIM
 from .blocks import ADAPTER_BLOCKS, HEADS

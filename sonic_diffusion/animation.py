@@ -12,9 +12,8 @@ tiled) per encoder batch, so at most one batch of 441,000-sample windows exists.
 """
 import math
 
-import torch
-
 import comfy.sample
+import torch
 
 from . import CLAP_SAMPLE_RATE
 from .audio_prep import check_sample_rate, prepare_clip

@@ -259,7 +259,7 @@ def _decode(av, path, start_s, duration_s, max_seconds, guard):
         except _OverBudget as e:
             window.chunks.clear()
             raise AudioDecodeError(f"{path!r}: " + over_budget_message(
-                sr, e.channels, e.samples / sr, budget, "decoded so far (the header declares less or nothing)"))
+                sr, e.channels, e.samples / sr, budget, "decoded so far (the header declares less or nothing)")) from None
     return window, sr, declared, err
 
 
@@ -292,11 +292,11 @@ def _check_result(path, window, sr, declared, err, start_s):
     """Refuses empty, truncated and past-the-end results; warns on a late decoder error."""
     end_s = window.end / sr
     reached_end = not window.full()
-    if reached_end and declared is not None:
-        if declared - end_s > TRUNCATION_TOLERANCE_S + TRUNCATION_TOLERANCE_REL * declared:
-            raise AudioDecodeError(
-                f"{path!r} is truncated: its header declares {declared:.3f} s of audio but it holds only "
-                f"{end_s:.3f} s; re-export or re-download the file")
+    if (reached_end and declared is not None
+            and declared - end_s > TRUNCATION_TOLERANCE_S + TRUNCATION_TOLERANCE_REL * declared):
+        raise AudioDecodeError(
+            f"{path!r} is truncated: its header declares {declared:.3f} s of audio but it holds only "
+            f"{end_s:.3f} s; re-export or re-download the file")
     if window.got == 0:
         if err is not None and window.end == 0:
             raise AudioDecodeError(f"{path!r} could not be decoded ({err}); the file is damaged or truncated")

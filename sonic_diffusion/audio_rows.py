@@ -10,11 +10,9 @@ transformer_options. Nothing here is kept on a patch object: tables live as long
 run's conds, their derived tensors in the run's RunContext, freed when the run ends.
 """
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
 
 import comfy.conds
+import torch
 
 # model_conds key (becomes the UNet keyword argument) and transformer_options key.
 MODEL_COND_KEY = "sonic_audio"
@@ -34,7 +32,7 @@ class AttachedAudio:
     """Audio a CONDITIONING carries for one adapter: tokens [E,77,768] (float32, CPU) and
     per-row factors [F] (strength x curve) or None for 1. `source` names the node."""
     tokens: torch.Tensor
-    factors: Optional[torch.Tensor]
+    factors: torch.Tensor | None
     source: str
 
 
@@ -42,7 +40,7 @@ class AttachedAudio:
 class PatchRows:
     """One patch's audio for one cond: tokens [E,77,768] and factors [F] or None."""
     tokens: torch.Tensor
-    factors: Optional[torch.Tensor]
+    factors: torch.Tensor | None
     source: str
 
 
@@ -145,7 +143,7 @@ class SonicAudioCond(comfy.conds.CONDRegular):
         return isinstance(other, SonicAudioCond)
 
     def concat(self, others):
-        return SonicAudioBatch([self] + list(others))
+        return SonicAudioBatch([self, *list(others)])
 
     def without_audio(self):
         """The same rows with the negative audio (the twin table), or self when there is none."""

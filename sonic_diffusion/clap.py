@@ -22,12 +22,11 @@ Weight files accepted by ``load_clap_state_dict``:
 import logging
 import os
 
-import torch
-import torch.nn.functional as F
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
+import torch
+import torch.nn.functional as F
 
 from . import AUDIO_EMBED_DIM, CLAP_CLIP_SAMPLES
 from .audio_prep import prepare_clip

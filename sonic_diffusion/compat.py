@@ -1,6 +1,6 @@
 """Checks that a UNet has the SD1.x layout the official adapters were trained on."""
-from .blocks import ADAPTER_BLOCKS
 from . import TOKEN_DIM
+from .blocks import ADAPTER_BLOCKS
 
 
 class IncompatibleModelError(ValueError):

@@ -16,8 +16,8 @@ import math
 
 import comfy.samplers
 
-from .audio_rows import MODEL_COND_KEY
 from .audio_call import WITHOUT_AUDIO_ROLES
+from .audio_rows import MODEL_COND_KEY
 
 # Indices into the conds list handed to calc_cond_batch.
 WITH_AUDIO, NEGATIVE, WITHOUT_AUDIO = 0, 1, 2
@@ -60,7 +60,9 @@ class DualGuider(comfy.samplers.CFGGuider):
         self.audio_scale = float(text_scale if audio_scale is None else audio_scale)
         self.cfg = self.text_scale  # read by code that expects a CFGGuider
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, x, timestep, model_options=None, seed=None):
+        if model_options is None:
+            model_options = {}
         s_text, s_audio = self.text_scale, self.audio_scale
         need = predictions_needed(s_text, s_audio, not model_options.get("disable_cfg1_optimization", False))
         conds = [self.conds.get(k) if need[k] else None for k in COND_KEYS]

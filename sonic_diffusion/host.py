@@ -66,7 +66,7 @@ def _import_model_management_quietly():
     with cu130"); in a tool with no logging set up they would precede its own output."""
     root = logging.getLogger()
     if root.handlers:  # logging is configured (a host, pytest): leave it alone
-        import comfy.model_management  # noqa: F401
+        import comfy.model_management
         return
     previous = root.level
     root.setLevel(logging.ERROR)
@@ -109,6 +109,7 @@ def boot_in_process(base, cpu=None, extra_model_paths=None):
 
     args.base_directory = str(base)
     import folder_paths  # noqa: F401 - reads args.base_directory at import
+
     # As main.py does, before nodes.py puts comfy/ first on sys.path: otherwise a later
     # `import utils.install_util` (server.py, via comfy_extras/nodes_images.py) finds
     # comfy/utils.py as `utils` and core nodes fail to import.

@@ -61,7 +61,8 @@ def parse_ratios(text):
         try:
             v = float(part)
         except ValueError:
-            raise ValueError(f"'{part}' in ratios is not a number; write numbers between 0 and 1 separated by commas")
+            raise ValueError(
+                f"'{part}' in ratios is not a number; write numbers between 0 and 1 separated by commas") from None
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"ratio {v} in ratios is outside 0..1; write numbers between 0 and 1")
         values.append(v)

@@ -18,12 +18,11 @@ and the derived keys/values reach it through the call (docs/design.md section 10
 """
 import itertools
 
+import comfy.ldm.modules.attention as comfy_attention
 import torch
 import torch.nn.functional as F
 
-import comfy.ldm.modules.attention as comfy_attention
-
-from .audio_rows import AudioBatchError, PatchRows  # noqa: F401  (AudioBatchError: public name)
+from .audio_rows import AudioBatchError, PatchRows
 from .batching import rows_for_batch
 from .blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY, HEADS
 

@@ -3,11 +3,10 @@
 Module and key names follow the official `audio_projector_*.pth` files, so they
 load strictly (46 tensors, 6.13M parameters).
 """
-import torch
-import torch.nn as nn
-
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
+import torch
+import torch.nn as nn
 
 from . import AUDIO_EMBED_DIM, AUDIO_TOKENS, TOKEN_DIM
 

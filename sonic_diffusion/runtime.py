@@ -3,10 +3,9 @@ moves and offloads them with the UNet), projection to audio tokens, null tokens.
 import copy
 import itertools
 
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
+import torch
 
 from . import AUDIO_EMBED_DIM
 from .blocks import ADAPTER_BLOCKS

@@ -254,7 +254,7 @@ def pickle_header(path, kind=None):
         tree = _zip_header(path, storages) if kind == "torch-zip" else _legacy_header(path, storages)
     except WeightsFileError:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure of the inert walk means a damaged pickle
+    except Exception as e:
         raise WeightsFileError(f"{path!r} could not be read as a PyTorch weights file ({type(e).__name__}: "
                                f"{_first_line(e)}); it is damaged or truncated: download it again") from None
     declared = sum(s.nbytes for s in storages.values())

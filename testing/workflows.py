@@ -175,10 +175,7 @@ def main(argv=None):
         ui = json.loads(args.file.read_text())
         if "nodes" not in ui:
             raise WorkflowError(f"{args.file} is not a UI workflow (no 'nodes'; an API file needs no conversion)")
-        if args.object_info:
-            info = json.loads(args.object_info.read_text())
-        else:
-            info = fetch_object_info(args.server)
+        info = json.loads(args.object_info.read_text()) if args.object_info else fetch_object_info(args.server)
         prompt = ui_to_api(ui, *object_info_lookups(info))
     except (OSError, ValueError) as e:  # json and WorkflowError are ValueErrors; URLError an OSError
         print(f"error: {e}", file=sys.stderr)

@@ -4,15 +4,14 @@ and the page's own Export (API)."""
 import json
 
 import pytest
-
 import workflow_tools
 
 # What tells a user that a workflow cannot run as loaded: PrimeVue dialogs (the missing-node
 # and missing-model dialogs up to 1.4x) and the canvas error overlay that replaced them (1.5x).
 ALERTS = '.p-dialog, [data-testid="error-overlay"]'
-DIALOGS_JS = """() => [...document.querySelectorAll('%s')]
+DIALOGS_JS = f"""() => [...document.querySelectorAll('{ALERTS}')]
     .filter(d => d.offsetParent !== null || d.getClientRects().length)
-    .map(d => d.innerText.slice(0, 600))""" % ALERTS
+    .map(d => d.innerText.slice(0, 600))"""
 # The error overlay does not close on Escape: its icon-only close button does.
 CLOSE_OVERLAYS_JS = """() => { for (const o of document.querySelectorAll('[data-testid="error-overlay"]'))
     for (const b of o.querySelectorAll('button')) if (!b.innerText.trim()) b.click(); }"""

@@ -1,12 +1,11 @@
 """Shared parts of the combination tests: one loaded SD1.5 stand-in, the adapter,
 conditioning, a stand-in GLIGEN file built with ComfyUI's own gligen module, and a
 middle_patch that shifts the stream and records what it saw."""
-import torch
-
 import comfy.gligen
 import comfy.utils
-import nodes
+import torch
 
+import nodes
 from sonic_diffusion.blocks import ADAPTER_BLOCKS
 
 # The SD1.x transformer blocks in ComfyUI's transformer_index order, with widths.

@@ -4,17 +4,16 @@ graph, module fixtures, and a spy that counts UNet calls from outside."""
 import contextlib
 from pathlib import Path
 
+import folder_paths
 import numpy as np
 import pytest
 import torch
 
-import folder_paths
 import nodes
-
+from sonic_diffusion.patch import AUDIO_OFF
 from testing import graphs
 from testing.graphs import link_audio_graph_files
 from testing.unet import unet_call
-from sonic_diffusion.patch import AUDIO_OFF
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"

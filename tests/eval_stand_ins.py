@@ -80,8 +80,8 @@ def random_inception_state_dict(seed=0):
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     # Build the architecture without its weight download: skip the load step only.
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+    with mock.patch.object(fe, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", return_value=None):
         model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     g = torch.Generator().manual_seed(seed)
     sd = {}

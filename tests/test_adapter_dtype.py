@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from sonic_reference import block_call
 
 from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
 from sonic_diffusion.patch import SonicAudioPatch
 from sonic_diffusion.runtime import resident_dtype
-from sonic_reference import block_call
 from testing.references import reference_term
 
 HALF = (torch.float16, torch.bfloat16)
@@ -140,7 +140,7 @@ def _class_members(tree):
                 for node in ast.walk(item):
                     targets = node.targets if isinstance(node, ast.Assign) else \
                         [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
-                    for t in (e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])):
+                    for t in (e for target in targets for e in (target.elts if isinstance(target, ast.Tuple) else [target])):
                         if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
                             yield cls.name, t.attr, node.lineno
 

@@ -9,9 +9,9 @@ import copy
 
 import pytest
 import torch
+from sonic_reference import sonic_patches, spy_patch_calls
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
-from sonic_reference import sonic_patches, spy_patch_calls
 from testing.references import diffusers_reference, with_plain_reference
 from testing.unet import apply_adapter, unet_call, unet_inputs
 

@@ -10,16 +10,15 @@ whole-batch run row by row.
 """
 import gc
 
+import comfy.model_management
 import pytest
 import torch
-
-import comfy.model_management
-import nodes
-
 from comfy_host import beside_pack_module
-from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
 from test_guidance import cfg_guider, load_parts, sample
 from test_guider_roles import close
+
+import nodes
+from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
 
 AD_PACK = "ComfyUI-AnimateDiff-Evolved"
 FRAMES = 6

@@ -4,13 +4,12 @@ Window bookkeeping, memory bound and interruption are checked with a recording
 stand-in encoder (cheap, content dependent); the equality with Audio Encode uses the
 generated MS-CLAP stand-in weights.
 """
+import comfy.model_management
+import comfy.sample
 import pytest
 import torch
 
-import comfy.model_management
-import comfy.sample
 import nodes
-
 from sonic_diffusion import CLAP_CLIP_SAMPLES, animation
 from sonic_diffusion.animation import SharedNoise, encode_frames, frame_count
 
@@ -132,7 +131,7 @@ def test_smoothing_calms_changes_and_keeps_constant_runs():
     wave = chirp(6.0).unsqueeze(0)
     raw = encode_frames(RecordingEncoder(), wave, 8000, fps=4.0, window_s=1.0)
     smooth = encode_frames(RecordingEncoder(), wave, 8000, fps=4.0, window_s=1.0, smoothing_s=0.5)
-    step = lambda e: (e[1:] - e[:-1]).norm(dim=-1).mean()  # noqa: E731
+    step = lambda e: (e[1:] - e[:-1]).norm(dim=-1).mean()
     assert step(smooth) < 0.7 * step(raw)
     torch.testing.assert_close(smooth.norm(dim=-1), torch.ones(24))
     same = torch.nn.functional.normalize(torch.randn(1, 1024), dim=-1).expand(7, -1)
@@ -144,13 +143,13 @@ def test_bad_input_names_the_node_and_the_fix():
     audio = {"waveform": chirp(2.0).view(1, 1, -1), "sample_rate": 8000}
     ok = dict(audio_encoder=RecordingEncoder(), audio=audio, fps=2.0, window_seconds=1.0, hop_seconds=0.0,
               smoothing_seconds=0.0)
-    with pytest.raises(ValueError, match="Audio Encode Frames.*'fps' is nan.*finite"):
+    with pytest.raises(ValueError, match=r"Audio Encode Frames.*'fps' is nan.*finite"):
         node.execute(**dict(ok, fps=float("nan")))
-    with pytest.raises(ValueError, match="Audio Encode Frames.*window_seconds"):
+    with pytest.raises(ValueError, match=r"Audio Encode Frames.*window_seconds"):
         node.execute(**dict(ok, window_seconds=12.0))
-    with pytest.raises(ValueError, match="Audio Encode Frames.*not an AUDIO"):
+    with pytest.raises(ValueError, match=r"Audio Encode Frames.*not an AUDIO"):
         node.execute(**dict(ok, audio="song.wav"))
-    with pytest.raises(ValueError, match="Audio Encode Frames.*one clip at a time"):
+    with pytest.raises(ValueError, match=r"Audio Encode Frames.*one clip at a time"):
         node.execute(**dict(ok, audio={"waveform": torch.zeros(2, 1, 16000), "sample_rate": 8000}))
     out = node.execute(**ok).result
     assert out[0].shape == (4, 1024) and out[1] == 4 and out[2] == 2.0
@@ -161,7 +160,7 @@ def test_frames_equal_audio_encode_windows(host, fixture_dir):
     (the same preprocessing code) through the MS-CLAP stand-in."""
     clap = host.link_model("audio_encoders", fixture_dir.clap())
     name = host.put_input(fixture_dir.audio("noise_mono_8k_25s.flac"))
-    run = lambda node_id, **kw: nodes.NODE_CLASS_MAPPINGS[node_id].execute(**kw).result  # noqa: E731
+    run = lambda node_id, **kw: nodes.NODE_CLASS_MAPPINGS[node_id].execute(**kw).result
     encoder = run("SonicAudioEncoderLoader", clap_name=clap)[0]
     audio = run("SonicLoadAudio", audio=name, start_time=0.0, duration=0.0, gain_db=0.0)[0]
     frames, count, fps, timing = run("SonicAudioEncodeFrames", audio_encoder=encoder, audio=audio, fps=0.2,
@@ -193,10 +192,9 @@ def test_animation_workflow_writes_frames_webp_and_video_with_the_audio(host, fi
 
     import av
     import folder_paths
-    from PIL import Image
-
     import workflow_tools
     from conftest import ROOT
+    from PIL import Image
     from test_workflows import STAND_INS
 
     ui = json.loads((ROOT / "workflows" / "sonic_audio_animation.json").read_text())

@@ -5,11 +5,11 @@ soon as the decoded samples pass the budget; the rate rule applies at decode tim
 the error names the node, the file's rate, channels and length, and the limit."""
 import os
 
-import pytest
-
 import folder_paths
-import nodes
+import pytest
 from audio_files import flac_declaring, silent_flac, wav_header_only
+
+import nodes
 from sonic_diffusion.audio_budget import BUDGET_ENV, DEFAULT_BUDGET_MB, budget_bytes
 from sonic_diffusion.audio_decode import AudioDecodeError, decode_audio
 

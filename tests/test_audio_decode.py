@@ -4,14 +4,14 @@ a time bound honoured while decoding."""
 import os
 import struct
 
+import comfy.model_management
+import folder_paths
 import numpy as np
 import pytest
 import torch
-
-import comfy.model_management
-import folder_paths
-import nodes
 from audio_files import CONTAINERS, sweep, write_audio
+
+import nodes
 from sonic_diffusion.audio_decode import MAX_DECODE_SECONDS, AudioDecodeError, decode_audio
 
 RATE = 48000  # Opus only encodes 48 kHz
@@ -174,7 +174,7 @@ class _MisplacingContainer:
 # Native Vorbis frames after 0.5 s of pre-roll: 3 misplaced frames end before the window
 # (re-anchored on the later timestamps), 80 end inside it (measured), so the decode
 # restarts from the beginning, counting samples.
-@pytest.mark.parametrize("count,restarts", [(3, False), (80, True)])
+@pytest.mark.parametrize(("count", "restarts"), [(3, False), (80, True)])
 def test_misplaced_timestamps_after_a_seek_still_give_the_exact_window(encoded, monkeypatch, count, restarts):
     import sonic_diffusion.audio_decode as audio_decode
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_hardening import _tone, encoder  # noqa: F401  (module fixture reused)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -16,7 +17,6 @@ from sonic_diffusion import CLAP_CLIP_SAMPLES
 from sonic_diffusion.audio_prep import prepare_clip
 from sonic_diffusion.clap_frontend import ClapFrontEnd
 from sonic_diffusion.resample import kernel_bytes, sinc_resample
-from test_hardening import _tone, encoder  # noqa: F401  (module fixture reused)
 
 ENCODE = nodes.NODE_CLASS_MAPPINGS["SonicAudioEncode"]
 MIX = nodes.NODE_CLASS_MAPPINGS["SonicAudioEmbedsMix"]
@@ -78,7 +78,7 @@ def test_builtin_resampler_equals_torchaudio_on_a_coprime_pair_that_fits():
     assert kernel_bytes(44101, 44100) > 7e9 and kernel_bytes(11027, 11025) < 5e8
 
 
-def test_absurd_rate_is_a_clear_error(encoder):  # noqa: F811
+def test_absurd_rate_is_a_clear_error(encoder):
     audio = {"waveform": torch.zeros(1, 1, 2_000_006), "sample_rate": 1_000_003}
     with pytest.raises(ValueError, match=r"Audio Encode \(Sonic\): sample rate 1000003 Hz is outside the supported"):
         ENCODE.execute(audio_encoder=encoder, audio=audio, window="center", offset=0.0)
@@ -90,7 +90,7 @@ def _clip(seconds, rate=16000):
     return {"waveform": torch.from_numpy(_tone(rate, seconds)).float()[None], "sample_rate": rate}
 
 
-@pytest.mark.parametrize("seconds,offset,message", [
+@pytest.mark.parametrize(("seconds", "offset", "message"), [
     (25.0, 15.5, r"offset 15.5 s is past the last 10 s window of the 25.000 s clip; use an offset between 0 and 15.000 s"),
     (25.0, 1e6, r"offset 1e\+06 s is past the last 10 s window"),
     (3.0, 1.0, r"offset 1 s is past .* the clip is 10 s or shorter and is used whole: set offset to 0"),
@@ -113,7 +113,7 @@ def test_nan_offset_is_refused_by_name():
         ENCODE.execute(audio_encoder=None, audio=_clip(3.0), window="offset", offset=float("nan"))
 
 
-def test_silence_and_clipping_give_unit_length_embeddings(encoder):  # noqa: F811
+def test_silence_and_clipping_give_unit_length_embeddings(encoder):
     silence = {"waveform": torch.zeros(1, 2, 44100), "sample_rate": 44100}
     clipped = {"waveform": torch.from_numpy(np.clip(_tone(44100, 2.0, 2, amp=30.0), -1, 1) * 8).float()[None],
                "sample_rate": 44100}

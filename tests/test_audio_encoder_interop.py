@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import PACK_MODULE, TORCHAUDIO_BLOCKED
 
 import nodes
-from conftest import PACK_MODULE, TORCHAUDIO_BLOCKED
-from testing.graphs import audio_graph, link_audio_graph_files  # noqa: F401
+from testing.graphs import audio_graph, link_audio_graph_files
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"

@@ -7,12 +7,12 @@ import shutil
 import uuid
 from pathlib import Path
 
+import folder_paths
 import pytest
 import torch
-
-import folder_paths
-import nodes
 from test_hardening import _tone, _write
+
+import nodes
 
 LOAD = nodes.NODE_CLASS_MAPPINGS["SonicLoadAudio"]
 
@@ -90,7 +90,7 @@ def test_names_leading_out_of_the_allowed_folders_are_refused(host, outside, kin
     assert name not in LOAD.define_schema().inputs[-1].options
 
 
-@pytest.mark.parametrize("folder,suffix", [("output", " [output]"), ("temp", " [temp]")])
+@pytest.mark.parametrize(("folder", "suffix"), [("output", " [output]"), ("temp", " [temp]")])
 def test_annotated_output_and_temp_files_load(folder, suffix):
     d = Path(folder_paths.get_directory_by_type(folder))
     d.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def test_a_missing_file_is_one_error_against_audio(host):
     assert "not found" in errors[0]["details"] and name in errors[0]["details"]
 
 
-@pytest.mark.parametrize("field,value", [("start_time", 1e20), ("duration", 1e7), ("gain_db", 1e4),
+@pytest.mark.parametrize(("field", "value"), [("start_time", 1e20), ("duration", 1e7), ("gain_db", 1e4),
                                          ("gain_db", -1e4), ("start_time", -1.0)])
 def test_comfyui_range_checks_stay_on(host, inside, field, value):
     ok, _e, _o, node_errors = host.validate(_graph(inside, **{field: value}))

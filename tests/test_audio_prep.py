@@ -8,7 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sonic_diffusion import audio_prep, resample as rs
+from sonic_diffusion import audio_prep
+from sonic_diffusion import resample as rs
 from sonic_diffusion.audio_decode import AudioDecodeError, decode_audio
 from sonic_diffusion.audio_prep import prepare_clip
 
@@ -30,7 +31,7 @@ def _write_wav16(path, samples, rate):
 
 # ---------------------------------------------------------------- resample
 
-@pytest.mark.parametrize("orig,new", RATE_PAIRS)
+@pytest.mark.parametrize(("orig", "new"), RATE_PAIRS)
 def test_builtin_resampler_matches_torchaudio(orig, new):
     taf = pytest.importorskip("torchaudio.functional")
     g = torch.Generator().manual_seed(orig)
@@ -145,7 +146,7 @@ def test_refuses_nan_inf_and_empty():
         prepare_clip(torch.zeros(0, 1, 10), 44100)
     with pytest.raises(ValueError, match="window"):
         prepare_clip(torch.zeros(1, 10), 44100, window="random")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="waveform must be"):
         prepare_clip(torch.zeros(10), 44100)
 
 
@@ -211,7 +212,7 @@ def test_decode_errors(tmp_path):
     with pytest.raises(AudioDecodeError, match="empty"):
         decode_audio(tmp_path / "empty.wav")
     (tmp_path / "notes.mp3").write_text("these are not the samples you are looking for\n" * 50)
-    with pytest.raises(AudioDecodeError, match="notes.mp3"):
+    with pytest.raises(AudioDecodeError, match=r"notes\.mp3"):
         decode_audio(tmp_path / "notes.mp3")
     _write_wav16(tmp_path / "ok.wav", np.zeros((1, 8000)), 8000)
     header_only = (tmp_path / "ok.wav").read_bytes()[:44]
@@ -255,7 +256,7 @@ def test_long_file_decodes_only_the_window(tmp_path):
             w.writeframes(ramp.tobytes())
     tracemalloc.start()
     try:
-        win, sr = decode_audio(path, start_s=400.0, duration_s=2.0)
+        win, _sr = decode_audio(path, start_s=400.0, duration_s=2.0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -4,9 +4,9 @@ otherwise with the node's name before any work; Load Audio (Sonic) applies the s
 rule at decode time (tests/test_audio_budget.py)."""
 import pytest
 import torch
+from conftest import PACK_MODULE
 
 import nodes
-from conftest import PACK_MODULE
 
 BAD_RATES = [0, -44100, 999, 768001, 1_000_003, 44100.5, "44100", True, float("nan")]
 

@@ -4,10 +4,9 @@ plain formula, bad lists and non-finite floats get a clear error naming the node
 
 import pytest
 import torch
-
+from sonic_reference import spy_patch_calls
 
 from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCK_PRESETS, parse_block_weights
-from sonic_reference import spy_patch_calls
 from testing.references import with_plain_reference
 from testing.unet import apply_adapter, unet_call, unet_inputs
 
@@ -61,7 +60,7 @@ def test_presets_name_the_sites_they_enable():
     assert parse_block_weights("1,0.5 0 ,2,1,1,1,1,1,-1") == (1.0, 0.5, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0)
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ("1, 1, 1", "block_weights needs 10 numbers"),
     ("1 " * 11, "block_weights needs 10 numbers"),
     ("1, 1, 1, 1, 1, one, 1, 1, 1, 1", "'one' is not a number"),

@@ -31,17 +31,29 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import nodes
-import pytest
-
 import comfy_host
-from comfy_server import ComfyServer, ServerError
+import pytest
 import workflow_tools
-from browser_page import (DIALOGS_JS, LINKS_JS, check_nodes_and_widgets, close_dialogs, compare_with_export_api,
-                          drop_file, drop_workflow, file_links, fit_view, open_dialogs, set_widgets, wait_for_graph)
+from browser_page import (
+    DIALOGS_JS,
+    LINKS_JS,
+    check_nodes_and_widgets,
+    close_dialogs,
+    compare_with_export_api,
+    drop_file,
+    drop_workflow,
+    file_links,
+    fit_view,
+    open_dialogs,
+    set_widgets,
+    wait_for_graph,
+)
+from comfy_server import ComfyServer, ServerError
 from conftest import PACK_MODULE, ROOT
-from sonic_diffusion import examples
 from test_workflows import STAND_INS
+
+import nodes
+from sonic_diffusion import examples
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # Every node this pack registers in the in-process host (the same tree the server runs).
@@ -298,7 +310,7 @@ def test_workflow_runs_from_the_page(path, page, server, drops):
         # It came from the page: the frontend attaches the workflow, and the small sizes set there.
         _, _, prompt, extra, _ = entry["prompt"][:5]
         assert "workflow" in extra.get("extra_pnginfo", {})
-        for node_id, node in prompt.items():
+        for node in prompt.values():
             if node["class_type"] in SMALL:
                 for k, v in SMALL[node["class_type"]].items():
                     assert node["inputs"][k] == v

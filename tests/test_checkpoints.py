@@ -1,4 +1,6 @@
 """Official formats load by their own key names; our bundle round-trips; bad files are named."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def test_missing_and_misshapen_tensors_are_named(fixture_dir):
     gates, _ = load_weights_file(fixture_dir.gates())
     broken = dict(gates)
     del broken["up_blocks.2.attentions.1.transformer_blocks.0.norm_adapter.bias"]
-    with pytest.raises(checkpoints.AdapterWeightsError, match="up_blocks.2.attentions.1.transformer_blocks.0.norm_adapter.bias"):
+    with pytest.raises(checkpoints.AdapterWeightsError, match=r"up_blocks\.2\.attentions\.1\.transformer_blocks\.0\.norm_adapter\.bias"):
         checkpoints.gates_state(broken)
     wrong = dict(gates)
     wrong["mid_block.attentions.0.transformer_blocks.0.attn_adapter.to_k.weight"] = torch.zeros(1280, 1024)
@@ -76,8 +78,9 @@ def _no_materialising(monkeypatch):
 
 
 def test_compressed_pth_bomb_is_refused_before_any_tensor(tmp_path, monkeypatch):
-    from sonic_diffusion.safe_load import WeightsFileError
     from weight_bombs import deflate_bomb_pth
+
+    from sonic_diffusion.safe_load import WeightsFileError
 
     bomb = deflate_bomb_pth(tmp_path / "audio_projector_landscape.pth")
     import zipfile
@@ -92,8 +95,9 @@ def test_compressed_pth_bomb_is_refused_before_any_tensor(tmp_path, monkeypatch)
 
 
 def test_huge_safetensors_header_is_refused_unparsed(tmp_path, monkeypatch):
-    from sonic_diffusion import safe_load
     from weight_bombs import huge_safetensors_header
+
+    from sonic_diffusion import safe_load
 
     path, size = huge_safetensors_header(tmp_path / "clap_audio.safetensors", keys=400_000)
     assert size > 30 << 20  # 400k keys: ~34 MB of JSON
@@ -140,7 +144,7 @@ def test_format_is_read_from_the_bytes_not_the_name(fixture_dir, tmp_path):
     assert not isinstance(e.value, UnsafeWeightsError) and "non-tensor" not in str(e.value)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"GIF89a" + bytes(100))
-    with pytest.raises(WeightsFileError, match="neither a .safetensors file nor a PyTorch"):
+    with pytest.raises(WeightsFileError, match=r"neither a \.safetensors file nor a PyTorch"):
         load_weights_file(junk)
 
 
@@ -159,7 +163,7 @@ def test_atomic_writes_clean_up_and_follow_the_umask(tmp_path):
     other.write_bytes(b"y")
     old = os.umask(0o027)
     try:
-        write_atomic(tmp_path / "out.bin", lambda p: open(p, "wb").write(b"ok"))
+        write_atomic(tmp_path / "out.bin", lambda p: Path(p).write_bytes(b"ok"))
     finally:
         os.umask(old)
     assert (tmp_path / "out.bin").read_bytes() == b"ok"
@@ -167,7 +171,7 @@ def test_atomic_writes_clean_up_and_follow_the_umask(tmp_path):
     assert not stale.exists() and other.exists()
 
     def fails(p):
-        open(p, "wb").write(b"half")
+        Path(p).write_bytes(b"half")
         raise OSError("disk full")
     with pytest.raises(OSError, match="disk full"):
         write_atomic(tmp_path / "out.bin", fails)

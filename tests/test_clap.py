@@ -4,12 +4,13 @@ import os
 import pickle
 import sys
 import types
+from pathlib import Path
 
+import comfy.model_management
 import numpy as np
 import pytest
 import torch
 
-import comfy.model_management
 from sonic_diffusion import clap
 from sonic_diffusion.clap_frontend import ClapFrontEnd, dft_kernels, slaney_mel_matrix
 from sonic_diffusion.safe_load import UnsafeWeightsError, WeightsFileError, load_pickle_weights, load_weights_file
@@ -275,12 +276,12 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
 
 def test_damaged_files_give_clear_errors(tmp_path, clap_path):
     trunc = tmp_path / "trunc.pth"
-    trunc.write_bytes(open(clap_path, "rb").read()[:4096])
+    trunc.write_bytes(Path(clap_path).read_bytes()[:4096])
     with pytest.raises(WeightsFileError, match="damaged or truncated"):
         load_weights_file(trunc)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(WeightsFileError, match="not a valid .safetensors"):
+    with pytest.raises(WeightsFileError, match=r"not a valid \.safetensors"):
         load_weights_file(bad)
     with pytest.raises(WeightsFileError, match="not found"):
         load_weights_file(tmp_path / "nope.pth")

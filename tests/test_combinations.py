@@ -3,15 +3,14 @@ middle_patch (in any order), an attention-replace pack on the same blocks (the
 mechanism IPAdapter uses), LoRA and ControlNet, and the sampling window through the
 real KSampler. Observed from outside: a spy on the patch, hooks on the UNet's norm2,
 the plain formula from tests/sonic_reference.py."""
+import comfy.ldm.modules.attention as comfy_attention
 import pytest
 import torch
-
-import comfy.ldm.modules.attention as comfy_attention
-import nodes
-
 from combo_parts import ShiftStream, apply_adapter, ksample, write_gligen
-from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
 from sonic_reference import record_attn2_streams, spy_patch_calls
+
+import nodes
+from sonic_diffusion.blocks import ADAPTER_BLOCKS, BLOCKS_BY_COMFY_KEY
 from testing.references import reference_term
 
 # fast (folded) path vs the plain formula on one block's term, fp32: the largest
@@ -167,7 +166,7 @@ def test_attn2_replace_pack_on_the_same_blocks(sd15, adapter, embeds, monkeypatc
 @pytest.fixture(scope="module")
 def lora_and_controlnet(host, fixture_dir, sd15):
     lora = host.link_model("loras", fixture_dir.lora())
-    model, clip = nodes.LoraLoader().load_lora(sd15["model"], sd15["clip"], lora, 1.0, 1.0)
+    model, _clip = nodes.LoraLoader().load_lora(sd15["model"], sd15["clip"], lora, 1.0, 1.0)
     cn = nodes.ControlNetLoader().load_controlnet(host.link_model("controlnet", fixture_dir.controlnet()))[0]
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(8))
     pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(sd15["pos"], sd15["neg"], cn, image, 1.0, 0.0, 1.0)[:2]

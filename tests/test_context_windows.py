@@ -9,12 +9,11 @@ import inspect
 
 import pytest
 import torch
-
-import nodes
-
-from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
 from test_guidance import cfg_guider, sample
 from test_guider_roles import close, parts  # noqa: F401  (parts: module fixture)
+
+import nodes
+from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
 
 FRAMES = 8
 
@@ -51,7 +50,7 @@ def run(parts, model):
     return sample(cfg_guider(model, parts["pos"], parts["neg"], 5.0), steps=1, batch=FRAMES)
 
 
-@pytest.mark.parametrize("length,overlap", [(4, 0), (4, 2), (5, 1)])
+@pytest.mark.parametrize(("length", "overlap"), [(4, 0), (4, 2), (5, 1)])
 def test_each_window_gets_its_frames_audio(parts, per_frame, monkeypatch, length, overlap):
     whole = run(parts, per_frame)
     rows_seen = []
@@ -64,7 +63,7 @@ def test_each_window_gets_its_frames_audio(parts, per_frame, monkeypatch, length
             want = list(window.index_list)
             anchor = getattr(window, "causal_anchor_index", None)
             if anchor is not None and anchor >= 0:
-                want = [anchor] + want
+                want = [anchor, *want]
             rows_seen.append(all(list(idx) == want for _, idx in audio.parts))
         return real(self, n, extra_options)
 

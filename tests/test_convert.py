@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import ROOT
+
 from sonic_diffusion import checkpoints
 from sonic_diffusion.files import TMP_TAG
 from sonic_diffusion.safe_load import load_weights_file
@@ -76,7 +76,7 @@ def test_clap_to_audio_only(fixture_dir, tmp_path):
     out = tmp_path / "clap_audio.safetensors"
     r = _cli("clap", fixture_dir.clap(), "--out", out, "--dtype", "fp16")
     assert r.returncode == 0, r.stderr
-    sd, meta = load_weights_file(out)
+    sd, _meta = load_weights_file(out)
     assert not any(k.startswith("caption_encoder") for k in sd)
     assert sd["audio_encoder.projection.linear1.weight"].dtype == torch.float16
     assert (out.stat().st_mode & 0o777) == (0o666 & ~_umask())

@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 DEMO = ROOT / "scripts" / "demo.py"
 
@@ -62,7 +61,7 @@ def test_a_real_models_folder_is_used_read_only(tmp_path, fixture_dir):
     assert {p: p.lstat().st_mtime_ns for p in models.rglob("*")} == before
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--audio", "no_such_sound.wav"], "[demo] --audio no_such_sound.wav: no such file"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):

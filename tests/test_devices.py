@@ -11,14 +11,13 @@ import copy
 import re
 from pathlib import Path
 
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management as mm
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import comfy.ldm.modules.attention as comfy_attention
-import comfy.model_management as mm
 import nodes
-
 from sonic_diffusion.audio_call import labelled_call_audio
 from sonic_diffusion.blocks import ADAPTER_BLOCKS
 

@@ -7,15 +7,14 @@ Latents are 8x8 (64x64 images) and runs use 3-4 steps: CPU time matters.
 import copy
 import math
 
+import comfy.model_management
+import comfy.samplers
 import pytest
 import torch
 import torch.nn as nn
-
-import comfy.model_management
-import comfy.samplers
-import nodes
-
 from edit_support import A, close, edit_graph, sigma_of, unet_eps
+
+import nodes
 from sonic_diffusion import edit
 
 pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
@@ -63,7 +62,7 @@ def test_every_step_count_runs_each_timestep_once():
     for steps in range(1, 1001):
         ts = edit.ddim_timesteps(1000, steps)
         assert len(ts) == steps and len(set(ts)) == steps and ts == sorted(ts, reverse=True)
-        assert 0 <= ts[-1] and ts[0] <= 999
+        assert ts[-1] >= 0 and ts[0] <= 999
     assert edit.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
     with pytest.raises(edit.EditInputError, match="1001 steps exceed"):
         edit.ddim_timesteps(1000, 1001)
@@ -307,7 +306,6 @@ def test_edit_graph_audio_changes_the_edit(host, names, first_run):
                                   "sonic_audio_edit_custom_sampler.json"])
 def test_example_workflows_load_and_execute(host, names, first_run, name):
     import workflow_tools
-
     from conftest import ROOT
 
     ui = workflow_tools.load(ROOT / "workflows" / name)

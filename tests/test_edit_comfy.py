@@ -4,10 +4,9 @@ SamplerCustomAdvanced equals the one-node edit; errors surface; Cancel, progress
 inversion cache, all observed from outside."""
 import pytest
 import torch
+from edit_support import STEPS, node_edit
 
 import nodes
-
-from edit_support import STEPS, node_edit
 from sonic_diffusion import edit
 
 pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts

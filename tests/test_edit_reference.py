@@ -1,12 +1,11 @@
 """The whole edit, with injection and the audio, against an independent reference built
 the authors' way with diffusers (tests/edit_reference.py): the DDIM inversion and the
 Plug-and-Play loop written plainly on a diffusers UNet with the adapter's plain formula."""
+import edit_reference
 import pytest
 import torch
 
 import nodes
-
-import edit_reference
 from sonic_diffusion import edit
 from sonic_diffusion.safe_load import load_weights_file
 

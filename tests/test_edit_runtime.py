@@ -3,14 +3,13 @@ hook), Cancel within a step, and the inversion cache reused or invalidated (UNet
 counted by wrapping the model's UNet)."""
 import contextlib
 
-import pytest
-import torch
-
 import comfy.model_management as mm
 import comfy.utils
-import nodes
-
+import pytest
+import torch
 from edit_support import STEPS, inversion_calls, node_edit, unet_calls
+
+import nodes
 from sonic_diffusion import edit
 
 pytest_plugins = ("edit_support",)  # its fixtures: names, first_run, parts
@@ -56,9 +55,9 @@ def test_cancel_stops_within_a_step(parts, cancel_after):
             state["calls_at_cancel"] = len(calls)
 
     try:
-        with unet_calls(parts["patched"]) as calls, progress_hook(hook):
-            with pytest.raises(mm.InterruptProcessingException):
-                node_edit(parts, latent=latent, attention_injection=1.0)
+        with unet_calls(parts["patched"]) as calls, progress_hook(hook), \
+                pytest.raises(mm.InterruptProcessingException):
+            node_edit(parts, latent=latent, attention_injection=1.0)
     finally:
         mm.interrupt_current_processing(False)
     assert state["calls_at_cancel"] is not None

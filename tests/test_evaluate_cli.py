@@ -3,16 +3,16 @@ tiny transformers CLIPs, a Wav2CLIP.pt-format state dict, torch-fidelity's FID I
 import json
 import shutil
 
+import eval_stand_ins as testing
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import eval_stand_ins as testing
 from sonic_diffusion.evaluate.cli import main
 from sonic_diffusion.evaluate.wav2clip import Wav2ClipWeightsError, load_wav2clip
-from testing.fixtures import write_audio
 from sonic_diffusion.safe_load import load_weights_file
+from testing.fixtures import write_audio
 
 CLASSES = ("rain", "thunder", "wind")
 N = 6
@@ -93,7 +93,7 @@ def _reference_ais(dataset, models, gen, sets):
     clip = CLIPModel.from_pretrained(str(models["clip_b32"]), local_files_only=True).eval()
     proc = CLIPImageProcessor.from_pretrained(str(models["clip_b32"]), local_files_only=True)
     w2c = load_wav2clip(models["wav2clip"])
-    unit = lambda x: (x / x.norm(dim=-1, keepdim=True))[0].double().numpy()  # noqa: E731
+    unit = lambda x: (x / x.norm(dim=-1, keepdim=True))[0].double().numpy()
     with torch.no_grad():
         image = {s: unit(clip.get_image_features(**proc(images=[Image.open(gen / f"{s}.png").convert("RGB")],
                                                               return_tensors="pt"))) for s in sets}
@@ -174,7 +174,7 @@ def test_wav2clip_matches_the_published_package(tmp_path):
     sd = load_weights_file(path)[0]
     del sd["audio_encoder.layer3.0.conv1.weight"]
     torch.save(sd, tmp_path / "broken.pt")
-    with pytest.raises(Wav2ClipWeightsError, match="layer3.0.conv1.weight"):
+    with pytest.raises(Wav2ClipWeightsError, match=r"layer3\.0\.conv1\.weight"):
         load_wav2clip(tmp_path / "broken.pt")
 
 
@@ -226,7 +226,7 @@ def test_generate_renders_through_the_pack_graph_then_evaluates(host, fixture_di
     assert sum(res["cache"]["computed"].values()) == 0
     assert {s: v["seed"] for s, v in json.loads((gen / "generation.json").read_text())["images"].items()} == seeds
     # Other settings on the same folder are refused without --overwrite.
-    assert main(args[:-1] + ["32"]) == 2
+    assert main([*args[:-1], "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

@@ -83,7 +83,7 @@ def test_fid_zero_on_itself_and_grows_with_a_shift(n):
         prev = fid
 
 
-@pytest.mark.parametrize("n1,n2", [(12, 9), (200, 150)])
+@pytest.mark.parametrize(("n1", "n2"), [(12, 9), (200, 150)])
 def test_fid_matches_torch_fidelity(n1, n2):
     fid_mod = pytest.importorskip("torch_fidelity.metric_fid")
     rng = np.random.default_rng(n1)
@@ -110,7 +110,7 @@ def test_distractor_draws_are_seeded_per_item():
     everything, k = M.draw_distractors(pool[:2], pool, 0, seed=3)
     assert k == 39 and everything[pool[0]] == pool[1:]
     assert M.draw_distractors(pool[:1], pool, 500, seed=3)[1] == 39
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 2 items"):
         M.draw_distractors(["x"], ["x"], 3, seed=0)
 
 

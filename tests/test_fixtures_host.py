@@ -6,6 +6,7 @@ import gc
 import numpy as np
 import torch
 
+
 def _stock_graph(ckpt_name, steps=2):
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},

@@ -6,11 +6,10 @@ from fractions import Fraction
 import av
 import pytest
 import torch
+from test_animation import RecordingEncoder
 
 import nodes
-
 from sonic_diffusion.frame_timing import FrameTiming
-from test_animation import RecordingEncoder
 
 RATE = 8000
 FPS = [8.0, 12.0, 7.5, 23.976, 24000 / 1001, 29.97, 0.7]
@@ -36,7 +35,7 @@ def _encode(seconds, fps):
     return audio, out.result
 
 
-@pytest.mark.parametrize("fps,seconds", [(23.976, 2.95), (7.5, 3.1)])
+@pytest.mark.parametrize(("fps", "seconds"), [(23.976, 2.95), (7.5, 3.1)])
 def test_one_timing_sets_the_embeddings_the_latents_and_the_video(fps, seconds, tmp_path):
     audio, (embeds, count, fps_out, timing) = _encode(seconds, fps)
     assert embeds.shape[0] == count == timing.frames and fps_out == timing.fps == fps

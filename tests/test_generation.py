@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from testing.graphs import audio_graph, link_audio_graph_files  # noqa: F401  (shared with the benchmarks)
+from testing.graphs import audio_graph, link_audio_graph_files
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"

@@ -5,17 +5,16 @@ alone, cfg 0 the negative alone, and a model patched with the null (or negative)
 audio as its audio gives e(t,-). A one-step Euler run to sigma 0 returns the guided
 prediction itself, so the formula is checked on real model outputs.
 """
-import pytest
-import torch
-
 import comfy.sample
 import comfy.samplers
 import comfy.sd
 import folder_paths
-import nodes
+import pytest
+import torch
 
-from testing.graphs import link_audio_graph_files
+import nodes
 from sonic_diffusion import AUDIO_EMBED_DIM
+from testing.graphs import link_audio_graph_files
 
 AUDIO_A = "tone440_mono_44k_3s.wav"
 AUDIO_B = "noise_stereo_48k_10s_f32.wav"
@@ -124,7 +123,7 @@ def close(got, want):
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5 * scale)
 
 
-@pytest.mark.parametrize("scales,rows", [
+@pytest.mark.parametrize(("scales", "rows"), [
     ((7.5, 3.0), [0, 1, 2]),   # all three predictions in one call
     ((1.0, 5.0), [0, 2]),      # text scale 1: e(-,-) has coefficient 0
     ((4.0, 0.0), [1, 2]),      # audio scale 0: e(t,a) has coefficient 0
@@ -188,7 +187,7 @@ def ratio_model(model, ratio):
     return nodes.NODE_CLASS_MAPPINGS["SonicAudioGuidance"].execute(model=model, audio_ratio=ratio).result[0]
 
 
-@pytest.mark.parametrize("ratio,rows", [(0.4, [0, 1, 2]), (0.0, [1, 2])])
+@pytest.mark.parametrize(("ratio", "rows"), [(0.4, [0, 1, 2]), (0.0, [1, 2])])
 def test_ksampler_option_gives_the_same_guidance(parts, predictions, ratio, rows):
     """KSampler's path (CFGGuider + sampling_function) on the optioned model: text cfg 7.5,
     audio 7.5 * ratio, one call per step."""
@@ -206,13 +205,13 @@ def test_ksampler_option_at_ratio_one_changes_nothing(parts):
 
 def test_node_errors_name_the_node_and_the_fix(parts):
     node = nodes.NODE_CLASS_MAPPINGS["SonicDualGuider"]
-    with pytest.raises(ValueError, match="Sonic Dual Guider.*Apply Sonic Adapter"):
+    with pytest.raises(ValueError, match=r"Sonic Dual Guider.*Apply Sonic Adapter"):
         node.execute(model=parts["model"], positive=parts["pos"], negative=parts["neg"], text_cfg=5.0, audio_cfg=2.0)
-    with pytest.raises(ValueError, match="Sonic Dual Guider.*audio_cfg.*finite"):
+    with pytest.raises(ValueError, match=r"Sonic Dual Guider.*audio_cfg.*finite"):
         node.execute(model=parts["patched"], positive=parts["pos"], negative=parts["neg"], text_cfg=5.0,
                      audio_cfg=float("nan"))
     ratio = nodes.NODE_CLASS_MAPPINGS["SonicAudioGuidance"]
-    with pytest.raises(ValueError, match="Sonic Audio Guidance.*Apply Sonic Adapter"):
+    with pytest.raises(ValueError, match=r"Sonic Audio Guidance.*Apply Sonic Adapter"):
         ratio.execute(model=parts["model"], audio_ratio=0.5)
-    with pytest.raises(ValueError, match="Sonic Audio Guidance.*audio_ratio.*finite"):
+    with pytest.raises(ValueError, match=r"Sonic Audio Guidance.*audio_ratio.*finite"):
         ratio.execute(model=parts["patched"], audio_ratio=float("inf"))

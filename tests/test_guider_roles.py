@@ -9,17 +9,17 @@ the guided prediction itself, so each guider's formula is checked on real predic
 """
 import contextlib
 
-import pytest
-import torch
-
 import comfy.samplers
-import nodes
+import pytest
+import test_guidance
+import torch
 from comfy_extras import nodes_custom_sampler, nodes_perpneg
+from test_guidance import apply, cfg_guider, load_parts, one_step, spy_calls
 
+import nodes
 from sonic_diffusion import AUDIO_EMBED_DIM
 from sonic_diffusion.patch import CALL_AUDIO, SonicAudioPatch
-import test_guidance
-from test_guidance import apply, cfg_guider, load_parts, one_step, spy_calls
+
 
 @pytest.fixture(scope="module")
 def parts(host, fixture_dir):

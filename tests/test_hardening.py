@@ -6,19 +6,18 @@ import pickle
 from pathlib import Path
 
 import av
+import comfy.model_management
+import comfy.model_patcher
 import numpy as np
 import psutil
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_generation import audio_graph, names  # noqa: F401  (module fixture reused)
 
-import comfy.model_management
-import comfy.model_patcher
 import nodes
 from sonic_diffusion.patch import AudioBatchError, _rows_for_chunk
-
-from test_generation import audio_graph, names  # noqa: F401  (module fixture reused)
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 
@@ -89,7 +88,7 @@ def test_every_rate_gives_a_finite_unit_embedding(host, encoder, tmp_path, rate)
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(1), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("codec,ext,fmt,channels", [
+@pytest.mark.parametrize(("codec", "ext", "fmt", "channels"), [
     ("pcm_s16le", "wav", None, 6), ("pcm_f32le", "wav", None, 1), ("flac", "flac", None, 2),
     ("aac", "m4a", "mp4", 2), ("libmp3lame", "mp3", None, 2)])
 def test_containers_integer_and_float_pcm_and_channel_counts(host, encoder, tmp_path, codec, ext, fmt, channels):
@@ -118,7 +117,7 @@ def test_silence_loud_clipping_and_float16_are_defined(encoder):
     torch.testing.assert_close(_encode(encoder, half), _encode(encoder, full), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("waveform,message", [
+@pytest.mark.parametrize(("waveform", "message"), [
     (torch.zeros(1, 1, 0), "empty|zero|no samples"),
     (torch.full((1, 1, 1000), float("nan")), "NaN"),
     (torch.full((1, 1, 1000), float("inf")), "Inf|inf"),
@@ -216,7 +215,8 @@ def test_truncated_safetensors_and_wrong_shapes(host, fixture_dir, tmp_path):
 def _meta_unet(context_dim):
     """An SD1-topology UNet whose text context is SD2-wide (1024) or SDXL-wide (2048),
     on the meta device (no memory)."""
-    from testing.fixtures import SD15_UNET_CONFIG, _meta_unet as meta_unet
+    from testing.fixtures import SD15_UNET_CONFIG
+    from testing.fixtures import _meta_unet as meta_unet
 
     class Holder(torch.nn.Module):
         pass
@@ -226,7 +226,7 @@ def _meta_unet(context_dim):
     return comfy.model_patcher.ModelPatcher(holder, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("context,hint", [(1024, "SD 2.x"), (2048, "SDXL")])
+@pytest.mark.parametrize(("context", "hint"), [(1024, "SD 2.x"), (2048, "SDXL")])
 def test_sd2_and_sdxl_like_models_are_refused_before_sampling(host, fixture_dir, context, hint):
     proj = host.link_model("sonic_diffusion", fixture_dir.projector())
     gates = host.link_model("sonic_diffusion", fixture_dir.gates())
@@ -245,7 +245,7 @@ def test_reduced_unet_without_the_adapter_blocks_is_refused(host, fixture_dir):
     adapter = NODE["SonicAdapterLoader"].execute(adapter_name=gates, projector_name=proj).result[0]
     model, *_ = comfy.sd.load_checkpoint_guess_config(str(fixture_dir.reduced_checkpoint()), output_vae=False,
                                                       output_clip=False)
-    with pytest.raises(ValueError, match="does not have the SD 1.x UNet layout"):
+    with pytest.raises(ValueError, match=r"does not have the SD 1\.x UNet layout"):
         NODE["SonicApplyAdapter"].execute(model=model, sonic_adapter=adapter, audio_embeds=torch.ones(1, 1024) / 32,
                                           strength=1.0, start_percent=0.0, end_percent=1.0)
 
@@ -269,7 +269,7 @@ def test_batch_mapping_rule_holds_for_any_sizes(embeds, latents):
 
 # ------------------------------------------------------------------- repetition
 
-def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names):  # noqa: F811
+def test_twenty_queues_keep_memory_flat_and_the_base_model_unchanged(host, names):
 
     from testing.unet import unet_call, unet_inputs
 

@@ -5,12 +5,12 @@ wrappers and every other transformer option. A tiny stand-in module plays the mo
 no UNet runs here (tests/test_edit_runtime.py runs the real edit)."""
 import gc
 
-import pytest
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension as ext
+import pytest
+import torch
+
 import nodes
 from sonic_diffusion.edit import cache as inv
 
@@ -75,13 +75,13 @@ def test_comfyui_unloading_models_empties_the_cache(free):
     inv.attach(edit_model, cache)
     # As comfy.sampler_helpers._prepare_sampling loads a model (0.3.75 and 0.33.0): with its
     # nested additional models, where the cache's patcher is (tests/test_edit_runtime.py: a real edit).
-    mm.load_models_gpu([edit_model] + edit_model.get_nested_additional_models())
+    mm.load_models_gpu([edit_model, *edit_model.get_nested_additional_models()])
     assert any(m.model is cache.patcher for m in mm.current_loaded_models)
     cache.put(("k",), [model], _latents(1 << 16))
     # The next edit's clone replaces this one (ComfyUI detaches the old clone without
     # unpatching): that frees nothing, and the cache is kept.
     swap = edit_model.clone()
-    mm.load_models_gpu([swap] + swap.get_nested_additional_models())
+    mm.load_models_gpu([swap, *swap.get_nested_additional_models()])
     assert len(cache) == 1
     if free == "unload_all_models":
         mm.unload_all_models()

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import nodes
-
 from sonic_diffusion.animation import frame_count, frame_loudness_db, loudness_strengths
 from sonic_diffusion.patch import AudioBatchError
 from testing.unet import apply_adapter, unet_call, unet_inputs
@@ -41,7 +40,7 @@ def test_curve_follows_the_loudness_frame_by_frame():
     assert torch.equal(mid, torch.tensor([2.0, 1.0, 0.0]))
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(("kw", "match"), [
     (dict(fps=0.0), "fps must be positive"),
     (dict(range_db=float("nan")), "input .range_db. is nan; enter a finite number"),
 ])

@@ -10,10 +10,10 @@ to the pack's WEB_DIRECTORY; tests/test_browser.py fetches them from the real se
 import re
 from pathlib import Path
 
-import nodes
 import pytest
-
 from conftest import PACK_MODULE, ROOT
+
+import nodes
 
 DOCS = ROOT / "web" / "docs"
 PACK_NODES = sorted(k for k, v in nodes.NODE_CLASS_MAPPINGS.items() if v.__module__.startswith(PACK_MODULE.__name__))

@@ -4,13 +4,13 @@ scripts/check_archive.py (run by scripts/lint.sh on `comfy node pack`'s archive)
 tests, build folders and exec/eval calls."""
 import re
 import sys
-import tomllib
 import zipfile
 
+import tomllib
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import check_archive  # noqa: E402
+import check_archive
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 

@@ -3,19 +3,18 @@ stream, the tokens of each row and the sigma window reach the patch through the 
 import threading
 import time
 
-import torch
-
 import comfy.model_management as mm
-import nodes
-
-from sonic_diffusion.audio_call import CAPTURE
-from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
-from sonic_diffusion.audio_rows import RunContext
-from sonic_diffusion.patch import SonicAudioPatch, StreamCapture
+import torch
 from sonic_reference import sonic_patches
-from testing.unet import unet_call, unet_inputs
 from test_guidance import apply, cfg_guider, one_step, sample
 from test_guider_roles import parts  # noqa: F401  (module fixture)
+
+import nodes
+from sonic_diffusion.audio_call import CAPTURE
+from sonic_diffusion.audio_rows import RunContext
+from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY
+from sonic_diffusion.patch import SonicAudioPatch, StreamCapture
+from testing.unet import unet_call, unet_inputs
 
 
 def tensors_held(obj, skip=("adapter",), depth=4):

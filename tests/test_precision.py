@@ -19,18 +19,15 @@ uncond and cond rows, one audio and several distinct audios.
 import contextlib
 import copy
 
+import comfy.model_management as mm
 import pytest
 import torch
-
-import comfy.model_management as mm
-import nodes
 from comfy.cli_args import args
-
 from comfy_host import Host
+
+import nodes
 from testing.graphs import edit_graph, link_audio_graph_files, write_source_image
 from testing.precision import HALF, RULE_FACTOR, STRENGTH, formula_model, pack_model, rms, unet_out
-
-
 
 # --- loading as a user would ------------------------------------------------------------
 
@@ -144,8 +141,9 @@ def test_projector_tokens_in_half_precision(adapter, fixture_dir, half):
     """The pack's AudioProjector (comfy.ops layers, optimized_attention) run in half,
     against an independent functional reference run in the same half dtype: the pack
     may not be more than RULE_FACTOR times further from float32 than the reference."""
-    from sonic_diffusion.safe_load import load_weights_file
     from test_projector import reference_projector
+
+    from sonic_diffusion.safe_load import load_weights_file
 
     dtype = HALF[half]
     sd, _ = load_weights_file(fixture_dir.projector())

@@ -11,9 +11,9 @@ import json
 import re
 from pathlib import Path
 
-import nodes
-
 from conftest import PACK_MODULE
+
+import nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

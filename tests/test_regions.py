@@ -8,11 +8,10 @@ References use Apply Sonic Adapter's own audio only (no Audio Conditioning).
 """
 import pytest
 import torch
-
-import nodes
-
 from test_guidance import apply, cfg_guider, one_step
 from test_guider_roles import close, parts  # noqa: F401  (parts: module fixture)
+
+import nodes
 
 # 64x64 pixels = 8x8 latents; region A is the left half, B the right half.
 SIZE = 64

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import comfy_host
 import folder_paths
-import nodes
-
 from conftest import BASE, EXTRA_SONIC_DIR, PACK_MODULE, ROOT, TORCHAUDIO_BLOCKED
+
+import nodes
 
 EXPECTED_NODES = {
     "SonicLoadAudio": "Load Audio (Sonic)",

@@ -8,8 +8,8 @@ import gc
 
 import psutil
 import pytest
-
 from comfy_host import Host
+
 from testing.graphs import audio_graph, link_audio_graph_files
 
 MIB = 2 ** 20

@@ -11,13 +11,13 @@ import os
 import time
 import uuid
 
+import comfy_host
 import numpy as np
 import pytest
-
-import comfy_host
 from audio_files import flac_declaring, silent_flac, wav_header_only, write_audio
 from comfy_server import ComfyServer, ServerError
 from conftest import ROOT
+
 from sonic_diffusion.audio_budget import BUDGET_ENV
 
 BUDGET_MB = 64
@@ -81,9 +81,10 @@ def _error(entry):
 
 
 def _status_kib(pid, field):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 

@@ -140,7 +140,7 @@ def test_check_errors_are_printed_once_and_name_a_file(tmp_path, capsys):
     assert len(err) == 1 and "is a file" in err[0], err
 
 
-@pytest.mark.parametrize("header,row", [
+@pytest.mark.parametrize(("header", "row"), [
     ("stem,class", "{s},{c}"), ("Stem,Class", "{s},{c}"), ("CLASS,STEM", "{c},{s}"),
     ("file,split,label", "{s}.wav,train,{c}"), ("", "{s},{c}")])
 def test_labels_header_is_read_by_column_names(tmp_path, header, row):

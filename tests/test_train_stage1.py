@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 import nodes
-
 from sonic_diffusion.train import cli
 from sonic_diffusion.train.checkpoint import latest_state, state_path, weights_path
 from sonic_diffusion.train.synthetic import make_pairs, write_png
@@ -130,7 +129,7 @@ def test_two_process_gloo_matches_one_process_with_double_batch(setup):
     common = ["--steps", "1", "--optimizer", "sgd", "--lr", "1", "--negatives", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    r = subprocess.run(base + ["2", "-m", "sonic_diffusion.train"] + _args(setup, two, "--batch-size", "2", *common),
+    r = subprocess.run([*base, "2", "-m", "sonic_diffusion.train", *_args(setup, two, "--batch-size", "2", *common)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '"world_size": 2' in (two / "run.json").read_text()

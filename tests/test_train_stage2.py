@@ -5,13 +5,12 @@ import csv
 import hashlib
 from pathlib import Path
 
+import comfy.sd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import comfy.sd
 import nodes
-
 from sonic_diffusion.blocks import ADAPTER_BLOCKS
 from sonic_diffusion.train import cli
 from sonic_diffusion.train.synthetic import make_pairs

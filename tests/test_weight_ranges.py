@@ -4,12 +4,11 @@ outside it with the node's name (Apply Sonic Adapter, Loudness Strength Curve (S
 at the limits the fp16 fast path stays finite and close to the fp32 formula."""
 import pytest
 import torch
+from sonic_reference import block_call
 
 import nodes
-from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY, FACTOR_LIMIT, BlockWeightsError, \
-    parse_block_weights
+from sonic_diffusion.blocks import BLOCKS_BY_COMFY_KEY, FACTOR_LIMIT, BlockWeightsError, parse_block_weights
 from sonic_diffusion.patch import SonicAudioPatch
-from sonic_reference import block_call
 from testing.references import reference_term
 
 APPLY = nodes.NODE_CLASS_MAPPINGS["SonicApplyAdapter"]
@@ -39,7 +38,7 @@ def _apply(**kw):
     return APPLY.execute(**args)
 
 
-@pytest.mark.parametrize("kw, message", [
+@pytest.mark.parametrize(("kw", "message"), [
     ({"block_weights": "1 1 1 1 1 1 1 1 1 1e5"}, r"block_weights: '1e5' is outside the supported range -10..10"),
     ({"strength": 10.5}, r"strength 10.5 is outside the supported range -10..10"),
     ({"strength": -1e4}, r"strength -10000.0 is outside the supported range"),

@@ -6,7 +6,6 @@ import json
 import zlib
 
 import pytest
-
 import workflow_tools
 from conftest import ROOT
 

@@ -9,11 +9,11 @@ import sys
 import warnings
 from collections import Counter
 
-import nodes
 import pytest
-
 import workflow_tools
 from conftest import ROOT
+
+import nodes
 from sonic_diffusion import examples
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -46,7 +46,7 @@ def _input_files(ui):
         values = node.get("widgets_values") or []
         specs = [s for s in workflow_tools.input_specs(node["type"]) if workflow_tools.is_widget(s[1])] \
             if node["type"] not in workflow_tools.VIRTUAL_NODES else []
-        for (name, typ, opts, _), value in zip(specs, values):
+        for (name, _typ, opts, _), value in zip(specs, values):
             if any(k in opts for k in ("image_upload", "audio_upload")) or (node["type"] == "LoadImage" and name == "image"):
                 out.append(value)
     return out

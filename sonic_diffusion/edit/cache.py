@@ -17,10 +17,9 @@ import collections
 import hashlib
 import weakref
 
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
+import torch
 from comfy.patcher_extension import CallbacksMP
 
 from ..patch import SonicAudioPatch, StreamCapture

@@ -2,13 +2,12 @@
 
 SonicEditGuider is ComfyUI's CFGGuider over a clone of the model that carries the idle
 injection hooks: the guided rows are computed exactly as KSampler computes them."""
+import comfy.samplers
 import torch
 
-import comfy.samplers
-
 from .cache import attach, inversions_for
-from .inputs import check_latent, check_model, check_numbers
 from .injection import InjectionState, install_injection
+from .inputs import check_latent, check_model, check_numbers
 from .sampler import PnPDDIMSampler
 from .schedule import EditInputError, ddim_sigmas
 

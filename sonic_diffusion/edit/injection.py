@@ -10,10 +10,9 @@ copies from the source row. An idle state makes every hook an exact pass-through
 """
 import collections
 
+import comfy.ldm.modules.attention as comfy_attention
 import torch
 import torch.nn as nn
-
-import comfy.ldm.modules.attention as comfy_attention
 
 from .schedule import EditInputError
 
@@ -70,7 +69,7 @@ def source_rows(state, key, hw, nchunks, options, tokens):
     chunks = []
     for uuid in uuids:
         area = state.areas.get(uuid)
-        offset = None if area is None else (area[0], area[1]) + tuple(state.latent_hw)
+        offset = None if area is None else (area[0], area[1], *tuple(state.latent_hw))
         chunks.append(_crop(src, src_hw, hw, offset, tokens))
     return torch.cat(chunks, dim=0)
 

@@ -1,8 +1,7 @@
 """What the edit accepts: an SD 1.x model on its discrete schedule, a VAE latent, and a
 negative prompt to invert with."""
-import torch
-
 import comfy.model_sampling
+import torch
 
 from ..batching import rows_for_batch
 from ..compat import IncompatibleModelError, check_unet_fits

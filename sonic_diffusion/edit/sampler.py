@@ -8,10 +8,9 @@ ControlNet, T2I, area, GLIGEN, cfg functions and model wrappers act on them as i
 """
 import math
 
-import torch
-
 import comfy.model_management as mm
 import comfy.samplers
+import torch
 
 from ..patch import AUDIO_OFF
 from .cache import dependencies, digest, inversions_for

@@ -11,6 +11,8 @@ set_alpha_to_one False) samples at t_i = i * (1000 // steps) + 1, i.e. 981, 961,
 50 steps (ComfyUI's "ddim_uniform" gives the same levels), and its last step lands on
 alphas_cumprod[0] (sigma_min), not on 0.
 """
+import itertools
+
 import torch
 
 
@@ -34,7 +36,7 @@ def ddim_sigmas(model_sampling, steps):
     where the last step lands (the SIGMAS the one-node edit samples with)."""
     table = model_sampling.sigmas.detach().float().cpu()
     levels = [float(table[t]) for t in ddim_timesteps(len(table), steps)]
-    return torch.tensor(levels + [float(table[0])], dtype=torch.float32)
+    return torch.tensor([*levels, float(table[0])], dtype=torch.float32)
 
 
 def injection_steps(steps, fraction):
@@ -65,9 +67,9 @@ class EditSchedule:
 
     def sampling_pairs(self):
         """(sigma, sigma_next) per sampling step."""
-        return list(zip(self.sigmas, self.sigmas[1:] + [self.final_sigma]))
+        return list(zip(self.sigmas, [*self.sigmas[1:], self.final_sigma]))
 
     def inversion_pairs(self):
         """(sigma_from, sigma_to) per inversion step, ascending."""
-        levels = [self.final_sigma] + self.sigmas[::-1]
-        return list(zip(levels[:-1], levels[1:]))
+        levels = [self.final_sigma, *self.sigmas[::-1]]
+        return list(itertools.pairwise(levels))

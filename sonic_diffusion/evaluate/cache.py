@@ -13,6 +13,7 @@ import numpy as np
 
 from ..files import write_atomic
 
+
 def file_fingerprint(path, edge=4 << 20):
     """Cheap identity of a (possibly multi-GB) weight file: name, size and the sha256
     of its first and last ``edge`` bytes."""
@@ -71,7 +72,7 @@ class EmbeddingCache:
         in item order; counts computed / reused under ``name``."""
         out = [None] * len(items)
         todo = []
-        for i, (key, payload) in enumerate(items):
+        for i, (key, _payload) in enumerate(items):
             v = self.get(mid, key)
             if v is None:
                 todo.append(i)

@@ -34,7 +34,7 @@ def build_parser():
     d.add_argument("--labels", type=Path, help="labels.csv with rows 'stem,class' (needed for AIC)")
     d.add_argument("--out", type=Path, help="result JSON (default: <generated>/evaluation.json)")
     d.add_argument("--metrics", default=",".join(ALL_METRICS),
-                   help="comma-separated subset of %s (default: all)" % ",".join(ALL_METRICS))
+                   help="comma-separated subset of {} (default: all)".format(",".join(ALL_METRICS)))
 
     m = p.add_argument_group("models (local files only; nothing is downloaded)")
     m.add_argument("--models-dir", type=Path,

@@ -145,11 +145,10 @@ def _kept_images(out_dir, rec_path, record, stems, overwrite):
     """The images of an earlier run with the same settings ({stem: info}), or {}."""
     old = json.loads(rec_path.read_text()) if rec_path.is_file() else None
     same = old is not None and {k: v for k, v in old.items() if k != "images"} == record
-    if old is not None and not same and not overwrite:
-        if any((out_dir / f"{st}.png").exists() for st in stems):
-            raise GenerationError(
-                f"{out_dir} holds images rendered with other settings ({rec_path}); pass --overwrite to "
-                "re-render them, or use another --generated folder")
+    if old is not None and not same and not overwrite and any((out_dir / f"{st}.png").exists() for st in stems):
+        raise GenerationError(
+            f"{out_dir} holds images rendered with other settings ({rec_path}); pass --overwrite to "
+            "re-render them, or use another --generated folder")
     if not same or overwrite:
         return {}
     return {st: info for st, info in old.get("images", {}).items() if (out_dir / f"{st}.png").exists()}

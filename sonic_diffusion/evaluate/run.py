@@ -5,13 +5,22 @@ import json
 import logging
 from pathlib import Path
 
-
-from . import metrics as M
 from ..files import file_sha256
+from . import metrics as M
 from .cache import EmbeddingCache
 from .data import AUDIO_EXTS, IMAGE_EXTS, DataError, by_stem, read_labels
-from .models import (CLIP_B32, CLIP_L14, INCEPTION, WAV2CLIP, ClipEmbedder, InceptionFeatures, ModelMissingError,
-                     Wav2ClipEmbedder, pick_device, require)
+from .models import (
+    CLIP_B32,
+    CLIP_L14,
+    INCEPTION,
+    WAV2CLIP,
+    ClipEmbedder,
+    InceptionFeatures,
+    ModelMissingError,
+    Wav2ClipEmbedder,
+    pick_device,
+    require,
+)
 
 ALL_METRICS = ("ais", "iis", "aic", "fid")
 DEFAULT_TEMPLATE = "a photo of {class}"

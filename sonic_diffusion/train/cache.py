@@ -7,6 +7,7 @@ changed file or setting computes anew and nothing stale is ever reused. Items th
 cannot be decoded leave a <key>.failed note, so every process (and the next run)
 skips them without retrying. Writes are atomic (temp file + rename).
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,10 +43,8 @@ class FeatureCache:
             return rec[2]
         digest = file_sha256(path)
         self._hash_index[str(path)] = [st.st_size, st.st_mtime_ns, digest]
-        try:
+        with contextlib.suppress(OSError):  # only a speed-up
             write_text_atomic(self._hash_index_path, json.dumps(self._hash_index))
-        except OSError:
-            pass  # only a speed-up
         return digest
 
     @staticmethod
@@ -143,8 +142,8 @@ def clap_embeddings(items, cache, clap_path, window="center"):
 
 def prepare_image(img, resolution):
     """PIL RGB -> [1,H,W,3] float in 0..1: shorter side to `resolution`, centre crop."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     w, h = img.size
     s = resolution / min(w, h)

@@ -75,7 +75,7 @@ def _load_sd(path, precision, device, output_model, output_clip, output_vae):
     except (RuntimeError, KeyError, AttributeError, TypeError, EOFError) as e:
         raise ValueError(f"--checkpoint {path} could not be loaded as an SD 1.x checkpoint "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    if out is None or out[0] is None and output_model:
+    if out is None or (out[0] is None and output_model):
         raise ValueError(f"--checkpoint {path}: ComfyUI found no SD model in it")
     model, clip, vae = out[0], out[1], out[2]
     if output_clip and clip is None:

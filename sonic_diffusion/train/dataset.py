@@ -174,7 +174,7 @@ def check_audio(path):
     from ..audio_decode import decode_audio
 
     try:
-        wave, sr = decode_audio(path, 0.0, 1.0)
+        wave, _sr = decode_audio(path, 0.0, 1.0)
     except Exception as e:  # any decoder failure means "unreadable": report, never crash
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if wave.numel() == 0:

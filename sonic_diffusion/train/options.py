@@ -2,7 +2,6 @@
 import argparse
 from pathlib import Path
 
-
 # -- arguments ------------------------------------------------------------------------
 
 def _positive_int(v):

@@ -16,9 +16,9 @@ import torch
 
 from .. import AUDIO_EMBED_DIM
 from ..adapter import SonicAdapterModel, init_adapter_weights
-from ..checkpoints import bundle_metadata, bundle_tensors, split_bundle
 from ..audio_call import register
 from ..audio_rows import AudioTable, PatchRows, RunContext, SonicAudioBatch, attach
+from ..checkpoints import bundle_metadata, bundle_tensors, split_bundle
 from ..patch import SonicAudioPatch
 from ..runtime import SonicAdapter
 from . import losses
@@ -44,9 +44,9 @@ def gradient_checkpointing(unet, enabled=True):
     if not enabled:
         yield
         return
-    from torch.utils.checkpoint import checkpoint
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+    from torch.utils.checkpoint import checkpoint
 
     wrapped = []
     for container in [unet.middle_block, *unet.output_blocks]:
