@@ -40,7 +40,7 @@ declare -A MODULES=(
     [schedule]=sonic_diffusion/edit/schedule.py
     [injection]=sonic_diffusion/edit/injection.py
 )
-ORDER=(batching mixing blocks schedule guidance animation audio_prep resample audio_decode injection patch)
+ORDER=(batching mixing blocks schedule guidance animation audio_prep resample injection patch audio_decode)
 # Test files (and pytest options such as -k) per module, one argument per line.
 declare -A TESTS=(
     [patch]="tests/test_patch_units.py"
