@@ -33,6 +33,17 @@ def test_block_table_matches_the_sd15_layout():
                       "norm_adapter.bias": (320,), "gate_adapter": (1,)}
 
 
+def test_output_block_entries_are_built_from_their_index():
+    """The table is built at import; building each entry again at test time checks the builder
+    itself (a mutation tool switches code per call, not at import)."""
+    for k in range(3, 12):
+        assert blocks._output_block(k) == blocks.BLOCKS_BY_COMFY_KEY[("output", k)]
+    assert blocks._output_block(5) == blocks.AdapterBlock(
+        "output_5", ("output", 5), "up_blocks.1.attentions.2.transformer_blocks.0",
+        "output_blocks.5.1.transformer_blocks.0", 1280)
+    assert blocks._output_block(9).dim == 320 and blocks._output_block(6).dim == 640
+
+
 def test_check_factor_keeps_the_limits_and_refuses_past_them():
     assert blocks.check_factor("strength", "2.5") == 2.5
     assert blocks.check_factor("strength", 10) == 10.0 and blocks.check_factor("strength", -10) == -10.0

@@ -53,7 +53,7 @@ def _reference(adapter, key, h, tokens, scale, factors=None):
     q = y @ w["attn_adapter.to_q.weight"].T
     k = tokens @ w["attn_adapter.to_k.weight"].T
     v = tokens @ w["attn_adapter.to_v.weight"].T
-    split = lambda t: t.view(t.shape[0], t.shape[1], HEADS, -1).transpose(1, 2)  # noqa: E731
+    split = lambda t: t.view(t.shape[0], t.shape[1], HEADS, -1).transpose(1, 2)
     att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d // HEADS), dim=-1)
     o = (att @ split(v)).transpose(1, 2).reshape(h.shape)
     out = (o @ w["attn_adapter.to_out.0.weight"].T + w["attn_adapter.to_out.0.bias"]) * scale * math.tanh(0.7)
