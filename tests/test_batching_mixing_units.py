@@ -101,3 +101,29 @@ def test_parse_ratios_reads_both_separators_and_bounds():
     for bad in ("-0.01", "1.01"):
         with pytest.raises(ValueError, match=f"ratio {float(bad)} in ratios is outside 0..1"):
             mixing.parse_ratios(bad)
+
+
+def test_equal_counts_mix_row_by_row():
+    a, b = _unit(12, n=3), _unit(13, n=3)
+    for fn in (mixing.lerp, mixing.slerp):
+        out = fn(a, b, 0.3)
+        assert out.shape == (3, 8)
+        for i in range(3):
+            torch.testing.assert_close(out[i:i + 1], fn(a[i:i + 1], b[i:i + 1], 0.3))
+    out = mixing.weighted_sum(a, b, 0.5, 2.0)
+    for i in range(3):
+        torch.testing.assert_close(out[i:i + 1], mixing.weighted_sum(a[i:i + 1], b[i:i + 1], 0.5, 2.0))
+
+
+def test_antiparallel_fallback_weights_keep_their_sign():
+    a = _unit(14)
+    # an and bn = -an: the fallback (1 - t) * an + t * bn = (1 - 2t) * an points back past t = 0.5.
+    torch.testing.assert_close(mixing.slerp(a, -a, 0.25), a.float())
+    torch.testing.assert_close(mixing.slerp(a, -a, 0.75), -a.float())
+
+
+def test_weighted_sum_refuses_when_any_one_row_cancels():
+    a, b = _unit(15, n=2), _unit(16, n=2)
+    b[0] = a[0]
+    with pytest.raises(ValueError, match="weighted sum is zero"):
+        mixing.weighted_sum(a, b, 1.0, -1.0)  # row 0 cancels, row 1 does not

@@ -50,22 +50,30 @@ def test_edit_schedule_levels_pairs_and_final_level():
     assert s.inversion_pairs() == [(0.5, 1.0), (1.0, 2.0), (2.0, 3.0)]
     z = EditSchedule(torch.tensor([[3.0, 1.0, 0.0]]), ms)  # a last 0 stands for sigma_min
     assert z.sigmas == [3.0, 1.0] and z.final_sigma == 0.1
+    single = EditSchedule(torch.tensor([2.0, 0.0]), ms)  # one step is a schedule
+    assert single.steps == 1 and single.sampling_pairs() == [(2.0, 0.1)] and single.final_sigma == 0.1
     ms.sigma_min = 0.5
     equal = EditSchedule(torch.tensor([2.0, 0.5, 0.0]), ms)  # last step at the floor itself: allowed
     assert equal.sampling_pairs() == [(2.0, 0.5), (0.5, 0.5)] and equal.inversion_pairs() == [(0.5, 0.5), (0.5, 2.0)]
 
 
+NO_STEP = "^the SIGMAS hold no step; connect a scheduler with at least 1 step$"
+NOT_DESCENDING = (r"^the SIGMAS must descend to the end of sampling \(denoise 1.0\); the edit inverts the source "
+                  r"along the same levels$")
+
+
 @pytest.mark.parametrize("sigmas, message", [
-    ([1.0], "hold no step"),
-    ([], "hold no step"),
-    ([1.0, 2.0, 0.0], "must descend"),
-    ([2.0, 2.0, 0.0], "must descend"),
-    ([2.0, 0.05, 0.0], "must descend"),  # ends below sigma_min where 0 stands for it
+    ([1.0], NO_STEP),
+    ([], NO_STEP),
+    ([1.0, 2.0, 0.0], NOT_DESCENDING),
+    ([2.0, 2.0, 0.0], NOT_DESCENDING),
+    ([2.0, 0.05, 0.0], NOT_DESCENDING),  # ends below sigma_min where 0 stands for it
+    ([3.0, 2.0, 0.05, 0.0], NOT_DESCENDING),
 ])
 def test_edit_schedule_refuses(sigmas, message):
     with pytest.raises(EditInputError, match=message):
         EditSchedule(torch.tensor(sigmas), Sampling())
     no_floor = Sampling()
     no_floor.sigma_min = 0.0  # a final level of 0 is no level to invert from
-    with pytest.raises(EditInputError, match="must descend"):
+    with pytest.raises(EditInputError, match=NOT_DESCENDING):
         EditSchedule(torch.tensor([2.0, 1.0, 0.0]), no_floor)
