@@ -95,9 +95,11 @@ class Recorder:
 
     def __init__(self):
         self.calls = []
+        self.args = []
 
     def __call__(self, model, conds, x, sigma, options):
         self.calls.append(list(conds))
+        self.args.append((model, x, sigma, options))
         return [None if c is None else torch.full((1,), float(c[0]["value"])) for c in conds]
 
 
@@ -116,9 +118,9 @@ class Audio:
 
 def test_without_audio_swaps_only_the_audio():
     audio = Audio("a")
-    plain, with_audio = _cond(1.0), _cond(2.0, audio)
-    out = guidance.without_audio([plain, with_audio])
-    assert out[0] is plain
+    plain, with_audio, bare = _cond(1.0), _cond(2.0, audio), {"value": 3.0}
+    out = guidance.without_audio([plain, with_audio, bare])
+    assert out[0] is plain and out[2] is bare
     assert out[1]["model_conds"][guidance.MODEL_COND_KEY].name == "a-without" and out[1]["value"] == 2.0
     assert with_audio["model_conds"][guidance.MODEL_COND_KEY] is audio  # the input is untouched
 
@@ -130,10 +132,13 @@ def test_audio_guidance_ratio_hands_cfg_the_separate_formula(monkeypatch, ratio)
     # e(t,a) = 5 (positive with audio), e(-,-) = 1; e(t,-) comes from the same positive with the
     # negative audio, which the stand-in tells apart by value through without_audio's copy.
     positive, negative = [_cond(5.0, Audio("a"))], [_cond(1.0)]
-    monkeypatch.setattr(guidance, "without_audio", lambda conds: [_cond(3.0)])
-    out = guidance.AudioGuidanceRatio(ratio)({"conds": [positive, negative], "model": None, "input": None,
-                                              "sigma": None, "model_options": {}})
-    assert len(calc.calls) == 1
+    swapped = []
+    monkeypatch.setattr(guidance, "without_audio", lambda conds: swapped.append(conds) or [_cond(3.0)])
+    model, x, sigma, options = object(), torch.zeros(1), torch.ones(1), {"o": 1}
+    out = guidance.AudioGuidanceRatio(ratio)({"conds": [positive, negative], "model": model, "input": x,
+                                              "sigma": sigma, "model_options": options})
+    assert len(calc.calls) == 1 and calc.args == [(model, x, sigma, options)]
+    assert swapped == ([] if ratio == 1.0 else [positive])
     cond, uncond = out
     assert float(uncond) == 1.0
     if ratio == 1.0:
@@ -161,9 +166,21 @@ def _dual(text_scale, audio_scale, monkeypatch):
     g.inner_set_conds = recorded.update
     g.set_conds([_cond(5.0)], [_cond(1.0)])
     g.conds = {"positive": [_cond(5.0)], "negative": [_cond(1.0)], "positive_without_audio": [_cond(3.0)]}
-    g.inner_model = None
+    g.inner_model = object()
     g.set_cfg(text_scale, audio_scale)
     return g, calc, recorded
+
+
+class CfgRecorder:
+    """cfg_function stand-in: checks what the guider hands on, computes CFG's formula."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, cond_pred, uncond_pred, scale, x, timestep, model_options=None, cond=None,
+                 uncond=None):
+        self.calls.append((model, x, timestep, model_options, cond, uncond))
+        return uncond_pred + (cond_pred - uncond_pred) * scale
 
 
 @pytest.mark.parametrize("s_text, s_audio, expected", [
@@ -175,18 +192,27 @@ def _dual(text_scale, audio_scale, monkeypatch):
 ])
 def test_dual_guider_predicts_the_separate_formula(monkeypatch, s_text, s_audio, expected):
     g, calc, recorded = _dual(s_text, s_audio, monkeypatch)
+    cfg = CfgRecorder()
+    monkeypatch.setattr(comfy.samplers, "cfg_function", cfg)
     assert [v[0]["value"] for v in (recorded["positive"], recorded["negative"],
                                     recorded["positive_without_audio"])] == [5.0, 1.0, 5.0]
     assert g.cfg == s_text and g.text_scale == s_text and g.audio_scale == s_audio
-    out = g.predict_noise(torch.zeros(1), torch.ones(1), model_options={})
+    x, t, options = torch.zeros(1), torch.ones(1), {"o": 1}
+    out = g.predict_noise(x, t, model_options=options)
     assert float(out) == pytest.approx(expected)
     need = guidance.predictions_needed(s_text, s_audio)
     assert [c is not None for c in calc.calls[0]] == [need[k] for k in guidance.COND_KEYS]
+    assert calc.args == [(g.inner_model, x, t, options)]
+    conds = calc.calls[0]
+    # The cond handed on is the audio prompt, or the prompt without audio when that one is not computed.
+    assert cfg.calls == [(g.inner_model, x, t, options, conds[0] or conds[2], conds[1])]
 
 
 def test_dual_guider_default_audio_scale_is_the_text_scale(monkeypatch):
-    g, _, _ = _dual(4.0, None, monkeypatch)
+    g, calc, _ = _dual(4.0, None, monkeypatch)
     assert g.audio_scale == 4.0
     g.set_cfg(1.0, None)
     out = g.predict_noise(torch.zeros(1), torch.ones(1), model_options={"disable_cfg1_optimization": True})
-    assert float(out) == 5.0
+    assert float(out) == 5.0 and calc.calls[-1][1] is not None  # e(-,-) computed as ComfyUI asks
+    g.predict_noise(torch.zeros(1), torch.ones(1), model_options={})
+    assert calc.calls[-1][1] is None
