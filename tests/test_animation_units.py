@@ -48,7 +48,8 @@ def test_checked_mono_refuses_bad_rates_and_non_finite_samples():
     with pytest.raises(ValueError, match="sample rate 10 Hz is outside"):
         animation.checked_mono(torch.ones(1, 8), 10)
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="NaN or infinite"):
+        with pytest.raises(ValueError, match="^the audio contains NaN or infinite samples; fix or re-decode the "
+                                             "source$"):
             animation.checked_mono(torch.tensor([[0.0, bad]]), 8000)
 
 
@@ -65,6 +66,12 @@ def test_build_window_takes_the_seconds_asked_and_tiles_them():
     last = animation.build_window(mono, rate, 3.0, 3.0)  # past the end: the last sample, tiled
     assert torch.equal(last, mono[-1:].expand(CLAP_CLIP_SAMPLES))
     low = torch.randn(8000 * 2, generator=torch.Generator().manual_seed(0))
+    up_last = resample(low.unsqueeze(0), 8000, rate)[0]
+    end = animation.build_window(low, 8000, 2.0, 2.0)  # past the end: the last resampled sample, tiled
+    torch.testing.assert_close(end, up_last[-1:].expand(CLAP_CLIP_SAMPLES), rtol=0, atol=1e-6)
+    tail = animation.build_window(low, 8000, 1.5, 9.0)  # cut at the clip's end, then tiled
+    n_tail = up_last.shape[0] - int(1.5 * rate)
+    torch.testing.assert_close(tail[:2 * n_tail], up_last[-n_tail:].repeat(2), rtol=0, atol=1e-5)
     up = resample(low.unsqueeze(0), 8000, rate)[0]
     torch.testing.assert_close(animation.build_window(low, 8000, 0.5, 1.0)[:rate // 2],
                                up[rate // 2:rate], rtol=0, atol=1e-5)
@@ -83,24 +90,39 @@ def test_interpolate_weights_between_the_two_nearest_windows():
         return v / v.norm()
     ref = torch.stack([e[0], mix(0, 1, 0.25), e[1], mix(1, 2, 0.75), e[2], e[2], e[0]])
     torch.testing.assert_close(out, ref)
+    # An hour into a clip: frame times need float64 (float32 is 2e-4 s coarse there).
+    late = animation.interpolate(e[:2], [3600.0, 3601.0], [3600.1])
+    v = 0.9 * e[0] + 0.1 * e[1]
+    torch.testing.assert_close(late[0], v / v.norm(), rtol=0, atol=1e-6)
     one = animation.interpolate(e[:1], [2.0], [0.0, 1.0])
     assert torch.equal(one, e[:1].repeat(2, 1))
     one[0, 0] = 5.0
     assert e[0, 0] != 5.0  # a copy, not a view of the input
 
 
-def test_smooth_is_an_edge_renormalised_gaussian():
-    e = _unit_rows(5, seed=1)
-    sigma = 0.8
-    out = animation.smooth(e, sigma)
+def _smoothed(e, sigma):
+    """Gaussian weights cut at ceil(3 sigma) frames, each row re-normalised (written out)."""
     radius = math.ceil(3 * sigma)
     rows = []
-    for i in range(5):
+    for i in range(e.shape[0]):
         w = torch.tensor([math.exp(-0.5 * ((j - i) / sigma) ** 2) if abs(j - i) <= radius else 0.0
-                          for j in range(5)])
-        v = (w[:, None] * e).sum(0) / w.sum()
+                          for j in range(e.shape[0])], dtype=e.dtype)
+        v = (w[:, None] * e).sum(0)
         rows.append(v / v.norm())
-    torch.testing.assert_close(out, torch.stack(rows))
+    return torch.stack(rows)
+
+
+def test_smooth_is_a_gaussian_cut_at_three_sigma():
+    e = _unit_rows(5, seed=1)
+    torch.testing.assert_close(animation.smooth(e, 0.8), _smoothed(e, 0.8))
+    wide = _unit_rows(16, seed=2)
+    torch.testing.assert_close(animation.smooth(wide, 2.0), _smoothed(wide, 2.0))
+    two = _unit_rows(2, seed=3)
+    torch.testing.assert_close(animation.smooth(two, 1.0), _smoothed(two, 1.0))  # two frames are smoothed
+    double = _unit_rows(6, seed=4).double()
+    out = animation.smooth(double, 1.0)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _smoothed(double, 1.0))
     assert animation.smooth(e, 0.0) is e and animation.smooth(e, -1.0) is e
     assert animation.smooth(e[:1], 2.0) is e[:1] or torch.equal(animation.smooth(e[:1], 2.0), e[:1])
     tiny = animation.smooth(e, 0.1)  # radius at least one frame; weights 1 : e^-50 keep each row
@@ -117,6 +139,14 @@ def test_frame_loudness_is_the_rms_of_each_frames_own_slice():
         first, last = max(0, round((k - 0.5) * 250)), min(1000, round((k + 0.5) * 250))
         ref = 20 * math.log10(math.sqrt(float(wave[0, first:last].square().mean())))
         assert float(out[k]) == pytest.approx(ref, abs=1e-4)
+    ramp = (torch.arange(1, 11, dtype=torch.float32) / 10).view(1, -1)
+    out = animation.frame_loudness_db(ramp, 1000, 200)  # frames of 5 samples; frame 0: 0 .. round(2.5) = 2
+    assert float(out[0]) == pytest.approx(20 * math.log10(math.sqrt((0.01 + 0.04) / 2)), abs=1e-4)
+    fine = animation.frame_loudness_db(ramp, 1000, 2000)  # frames of half a sample: one sample each
+    assert fine.shape == (20,) and bool(torch.isfinite(fine).all())
+    for k in (0, 1, 2, 3, 18, 19):
+        first = max(0, round((k - 0.5) / 2))
+        assert float(fine[k]) == pytest.approx(20 * math.log10(float(ramp[0, first])), abs=1e-4), k
     silent = animation.frame_loudness_db(torch.zeros(1, 1000), rate, 1)
     assert silent.tolist() == [-200.0]
     with pytest.raises(ValueError, match="fps must be positive, got 0"):
@@ -127,9 +157,14 @@ def test_loudness_strengths_are_linear_in_db_between_the_limits():
     db = torch.tensor([-10.0, -20.0, -25.0, -40.0, -10.0])
     out = animation.loudness_strengths(db, 0.5, 2.0, 20.0)
     torch.testing.assert_close(out, torch.tensor([2.0, 1.25, 0.875, 0.5, 2.0]))
+    narrow = animation.loudness_strengths(torch.tensor([0.0, -0.25]), 0.0, 1.0, 0.5)  # under 1 dB is a range
+    torch.testing.assert_close(narrow, torch.tensor([1.0, 0.5]))
     for bad in (0.0, -3.0):
         with pytest.raises(ValueError, match=f"range_db must be positive, got {bad}"):
             animation.loudness_strengths(db, 0.5, 2.0, bad)
+
+
+NEGATIVE = "^hop_seconds and smoothing_seconds must not be negative$"
 
 
 class Encoder:
@@ -151,8 +186,8 @@ def test_encode_frames_validates_and_places_hop_windows():
     for kw, message in ((dict(fps=0.0), "fps must be positive"),
                         (dict(fps=1.0, window_s=0.0), "window_seconds must be in"),
                         (dict(fps=1.0, window_s=10.5), "window_seconds must be in"),
-                        (dict(fps=1.0, hop_s=-1.0), "must not be negative"),
-                        (dict(fps=1.0, smoothing_s=-1.0), "must not be negative")):
+                        (dict(fps=1.0, hop_s=-1.0), NEGATIVE),
+                        (dict(fps=1.0, smoothing_s=-1.0), NEGATIVE)):
         with pytest.raises(ValueError, match=message):
             animation.encode_frames(Encoder(), wave, 8000, **kw)
     enc = Encoder()
@@ -167,6 +202,17 @@ def test_encode_frames_validates_and_places_hop_windows():
     out = animation.encode_frames(enc, wave, 8000, fps=1.0, window_s=2.0, hop_s=3.0)
     starts = [round(float(c[0]), 2) for c in torch.cat(enc.seen)]
     assert starts == [0.0, 2.0, 3.0] and out.shape == (5, 4)  # centres 0, 3 and the last frame 4 s
+    enc = Encoder()
+    animation.encode_frames(enc, wave, 8000, fps=1.0, window_s=2.0, hop_s=2.5)
+    starts = [round(float(c[0]), 2) for c in torch.cat(enc.seen)]
+    assert starts == [0.0, 1.5, 4.0]  # 5 s / 2.5 s is exactly 2 hops: centres 0, 2.5 and 5 s
+
+
+def test_encoder_batches_follow_its_batch_size():
+    enc = Encoder()
+    enc.batch_size = 1
+    animation.encode_frames(enc, torch.zeros(1, 8000 * 3), 8000, fps=1.0, window_s=1.0)
+    assert [c.shape[0] for c in enc.seen] == [1, 1, 1]
 
 
 def test_shared_noise_repeats_the_first_latents_noise():
