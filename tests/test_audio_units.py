@@ -20,6 +20,7 @@ def test_window_start_per_mode():
     assert audio_prep.window_start(N + 1001, "offset", 1.0) == 1001  # clamped to the last window
     assert audio_prep.window_start(N + 1001, "offset", -1.0) == 0
     assert audio_prep.window_start(3000, "offset", 0.5, sample_rate=1000, length=1000) == 500
+    assert audio_prep.window_start(N + 1001, "offset") == 0  # no offset given: the start
     with pytest.raises(ValueError, match="window must be one of"):
         audio_prep.window_start(N + 10, "end")
 
@@ -27,7 +28,8 @@ def test_window_start_per_mode():
 def test_sample_rate_rule_bounds():
     assert audio_prep.check_sample_rate(1000) == 1000 and audio_prep.check_sample_rate(768000.0) == 768000
     for bad in (999, 768001, 0, -44100):
-        with pytest.raises(ValueError, match=f"sample rate {bad} Hz is outside the supported 1000-768000 Hz"):
+        with pytest.raises(ValueError, match=rf"^sample rate {bad} Hz is outside the supported 1000-768000 Hz; "
+                                             r"resample the file to a common rate \(e.g. 44100 or 48000 Hz\)$"):
             audio_prep.check_sample_rate(bad)
 
 
@@ -41,7 +43,11 @@ def test_max_window_offset_and_its_check():
     with pytest.raises(ValueError, match=r"offset 2.01 s is past the last 10 s window of the 12.000 s clip; "
                                          r"use an offset between 0 and 2.000 s"):
         audio_prep.check_window_offset(wave, 44100, "offset", 2.01)
-    with pytest.raises(ValueError, match="10 s or shorter and is used whole: set offset to 0"):
+    audio_prep.check_window_offset(torch.zeros(1, 2, 44100 * 12), 44100, "offset", 2.0)  # [B, C, T]: T counts
+    audio_prep.check_window_offset(wave, 44100, "offset", 2.0 + 0.5 / 44100)  # half a sample over: rounding
+    with pytest.raises(ValueError, match="past the last 10 s window"):
+        audio_prep.check_window_offset(wave, 44100, "offset", 2.0 + 1.0 / 44100)
+    with pytest.raises(ValueError, match="; the clip is 10 s or shorter and is used whole: set offset to 0$"):
         audio_prep.check_window_offset(torch.zeros(1, 44100 * 5), 44100, "offset", 0.1)
     audio_prep.check_window_offset(torch.zeros(1, 44100 * 5), 44100, "offset", 0.4 / 44100)  # within half a sample
 
@@ -55,6 +61,7 @@ def test_prepare_clip_shapes_tiles_and_refusals():
     long = torch.arange(N + 1000, dtype=torch.float32).view(1, -1)
     assert audio_prep.prepare_clip(long, 44100, "center")[0, 0] == 500
     assert audio_prep.prepare_clip(long, 44100, "offset", 0.01)[0, 0] == 441
+    assert audio_prep.prepare_clip(long, 44100, "offset")[0, 0] == 0
     assert audio_prep.prepare_clip(long, 44100)[0, -1] == N - 1
     with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
         audio_prep.prepare_clip([0.0], 44100)
@@ -65,7 +72,8 @@ def test_prepare_clip_shapes_tiles_and_refusals():
             audio_prep.prepare_clip(empty, 44100)
     with pytest.raises(TypeError, match="floating point"):
         audio_prep.prepare_clip(torch.ones(1, 5, dtype=torch.int16), 44100)
-    with pytest.raises(ValueError, match="1 NaN and 2 infinite samples"):
+    with pytest.raises(ValueError, match="^the audio contains 1 NaN and 2 infinite samples; fix or re-decode the "
+                                         "source before encoding$"):
         audio_prep.prepare_clip(torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0]]), 44100)
     with pytest.raises(ValueError, match="window must be one of"):
         audio_prep.prepare_clip(ramp, 44100, "end")
