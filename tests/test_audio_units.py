@@ -1,7 +1,10 @@
 """Fast unit checks of the window and rate arithmetic in audio_prep.py and resample.py
 (window starts, offset limits, output lengths, filter sizes, backend choice), against values
 computed by hand, so a wrong bound or rounding fails (scripts/mutation.sh)."""
+import logging
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -183,3 +186,78 @@ def test_resample_window_through_another_backend_equals_the_full_slice(monkeypat
         torch.testing.assert_close(win, full[:, start:start + length], rtol=0, atol=1e-12)
         assert calls and calls[0] < 1000  # only the neighbourhood was resampled
     assert torch.equal(rs.resample_window(x, 48000, 48000, 7, 5), x[:, 7:12])
+
+
+def _fake_comfy_audio(monkeypatch, fn):
+    module = types.ModuleType("comfy.audio")
+    if fn is not None:
+        module.resample = fn
+    monkeypatch.setitem(sys.modules, "comfy.audio", module)
+
+
+def test_comfy_resample_is_used_only_when_callable_with_three_positional_arguments(monkeypatch):
+    def three(waveform, orig_sr, new_sr, extra=0):
+        return waveform
+
+    def star(*args):
+        return args[0]
+
+    def two(waveform, rate):
+        return waveform
+
+    for fn, usable in ((three, True), (star, True), (two, False), (max, True), ("not callable", False),
+                       (None, False)):
+        _fake_comfy_audio(monkeypatch, fn)
+        assert rs._comfy_resample_fn() is (fn if usable else None), fn
+    monkeypatch.setitem(sys.modules, "comfy.audio", None)  # not importable (ComfyUI 0.3.75)
+    assert rs._comfy_resample_fn() is None
+
+
+def test_the_budget_rule_holds_for_every_entry_point(monkeypatch):
+    calls = []
+    monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: lambda w, o, n: calls.append("comfy") or w)
+    x = torch.randn(1, 200, generator=torch.Generator().manual_seed(2))
+    rs.resample(x, 44101, 44100)  # co-prime rates: ours, never the big filter bank
+    rs.resample_window(x, 44101, 44100, 0, 50)
+    assert calls == []
+    rs.resample(x, 48000, 44100)
+    assert calls == ["comfy"]
+
+
+def test_resample_window_keeps_the_backend_asked_and_the_batch_layout(monkeypatch):
+    calls = []
+    monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: lambda w, o, n: calls.append("comfy") or w)
+    monkeypatch.setattr(rs, "_torchaudio_resample_fn",
+                        lambda: lambda w, o, n: calls.append("torchaudio") or rs.sinc_resample(w, o, n))
+    x = torch.randn(2, 3, 4800, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    full = rs.sinc_resample(x, 48000, 44100)
+    win = rs.resample_window(x, 48000, 44100, 1000, 300, backend="torchaudio")
+    assert set(calls) == {"torchaudio"} and win.shape == (2, 3, 300)
+    torch.testing.assert_close(win, full[..., 1000:1300], rtol=0, atol=1e-12)
+
+
+def test_resample_fallback_is_logged_with_the_backend_and_error(monkeypatch, caplog):
+    def broken(w, o, n):
+        raise TypeError("new signature")
+
+    monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: broken)
+    with caplog.at_level(logging.WARNING):
+        rs.resample(torch.zeros(1, 48), 48000, 44100)
+    assert "SonicDiffusion: comfy resample failed (new signature); using the built-in resampler" in caplog.text
+
+
+def test_backend_errors_read_in_full(monkeypatch):
+    monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: None)
+    monkeypatch.setattr(rs, "_torchaudio_resample_fn", lambda: None)
+    with pytest.raises(RuntimeError, match="^comfy.audio.resample is not available in this ComfyUI$"):
+        rs._pick_backend("comfy")
+    with pytest.raises(RuntimeError, match="^torchaudio is not importable$"):
+        rs._pick_backend("torchaudio")
+
+
+def test_sinc_resample_accepts_rates_down_to_one_hertz():
+    x = torch.randn(1, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert rs.sinc_resample(x, 1, 2).shape == (1, 24)
+    assert rs.sinc_resample(x, 2, 1).shape == (1, 6)
+    with pytest.raises(ValueError, match="got 8000 -> 0"):
+        rs.sinc_resample(x, 8000, 0)
