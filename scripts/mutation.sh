@@ -66,7 +66,7 @@ not decode and not fixture_clips"
     [resample]="tests/test_audio_prep.py
 tests/test_audio_units.py
 -k
-resample or auto or tiled or crops or windows"
+resample or auto or tiled or crops or windows or units"
     [audio_decode]="tests/test_audio_decode.py
 tests/test_audio_budget.py"
     [schedule]="tests/test_edit_schedule_units.py
