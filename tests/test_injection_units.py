@@ -147,3 +147,98 @@ def test_feature_hook_records_and_injects_per_chunk():
         assert hook(x).shape == (3, 2, 2, 2)
         st.features = False
         assert torch.equal(hook(x), layers(x))
+
+
+def test_hooks_crop_the_source_to_an_area_chunk():
+    st = injection.InjectionState()
+    st.latent_hw, st.areas = (8, 8), {"a": (4, 2)}
+    src_q, src_k = torch.randn(1, 16, 2), torch.randn(1, 16, 2)  # 4 x 4 tokens
+    st.source[("q", 7)], st.source[("k", 7)] = (src_q, (4, 4)), (src_k, (4, 4))
+    st.attention, st.mode = True, injection.INJECT
+    handed = []
+    hook = injection.AttentionInjection(st, 7, lambda q, k, v, extra: handed.append((q, k, extra)) or v)
+    opts = {"n_heads": 1, "activations_shape": [1, 2, 2, 3], "cond_or_uncond": [0], "uuids": ["a"]}
+    v = torch.randn(1, 6, 2)
+    assert hook(torch.zeros(1, 6, 2), torch.zeros(1, 6, 2), v, opts) is v
+    crop = lambda t: t.view(1, 4, 4, 2)[:, 2:4, 1:4].reshape(1, 6, 2)
+    q, k, extra = handed[0]
+    assert torch.equal(q, crop(src_q)) and torch.equal(k, crop(src_k)) and extra is opts
+    # The feature hook reads the call's areas from the CallContext of the same state.
+    feats = torch.arange(32, dtype=torch.float32).view(1, 2, 4, 4)
+    st.source[("features", 4)] = (feats, (4, 4))
+    st.features, st.call = True, {"uuids": ["a"]}
+    hook = injection.FeatureInjection(nn.Sequential(nn.Identity()), st, 4)
+    assert torch.equal(hook(torch.zeros(1, 2, 2, 3)), feats[:, :, 2:4, 1:4])
+    del st.source[("features", 4)]
+    with pytest.raises(EditInputError, match="no source features recorded for output block 4"):
+        hook(torch.zeros(1, 2, 2, 3))
+
+
+def test_token_crop_keeps_the_width_asked():
+    src = torch.arange(64, dtype=torch.float32).view(1, 64, 1)  # 8 x 8 tokens
+    out = injection._crop(src, (8, 8), (2, 3), (0, 4, 8, 8), tokens=True)
+    assert torch.equal(out, src.view(1, 8, 8, 1)[:, 0:2, 4:7].reshape(1, 6, 1))
+    st = injection.InjectionState()
+    st.source[("q", 4)] = (src, (8, 8))
+    with pytest.raises(EditInputError, match="^a model call's chunks cannot be matched to their conditionings$"):
+        injection.source_rows(st, ("q", 4), (2, 3), 2, {"uuids": ["a"]}, tokens=True)
+
+
+class FakePatcher:
+    """The ModelPatcher calls install_injection makes, recorded."""
+
+    def __init__(self, replace=None, out_layers=None):
+        self.model_options = {"transformer_options": {"patches_replace": {"attn1": dict(replace or {})}}}
+        self.out_layers = out_layers
+        self.attn1, self.output_patches, self.objects = {}, [], {}
+        self.cloned = None
+
+    def clone(self):
+        self.cloned = FakePatcher(out_layers=self.out_layers)
+        self.cloned.model_options = self.model_options
+        return self.cloned
+
+    def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
+        self.attn1[(block_name, number, transformer_index)] = patch
+
+    def set_model_output_block_patch(self, patch):
+        self.output_patches.append(patch)
+
+    def get_model_object(self, name):
+        return self.out_layers
+
+    def add_object_patch(self, name, obj):
+        self.objects[name] = obj
+
+
+def test_install_injection_wires_every_hook_on_a_clone():
+    layers = nn.Sequential(nn.Identity(), nn.SiLU())
+    other, own = object(), object()
+    model = FakePatcher(replace={("output", 5, 0): other, ("output", 6): own}, out_layers=layers)
+    st = injection.InjectionState()
+    clone = injection.install_injection(model, st)
+    assert clone is model.cloned and model.attn1 == {} and model.objects == {}
+    keys = {("output", k, 0 if k == 5 else None) for k in range(4, 12)}
+    assert set(clone.attn1) == keys
+    for (_, k, _), hook in clone.attn1.items():
+        assert isinstance(hook, injection.AttentionInjection) and hook.state is st and hook.block == k
+        assert hook.previous is {5: other, 6: own}.get(k)
+    assert len(clone.output_patches) == 1 and clone.output_patches[0].state is st
+    assert set(clone.objects) == {f"diffusion_model.output_blocks.{k}.0.out_layers" for k in (4, 5)}
+    for k in (4, 5):
+        hook = clone.objects[f"diffusion_model.output_blocks.{k}.0.out_layers"]
+        assert isinstance(hook, injection.FeatureInjection) and hook.sonic_state is st and hook.sonic_block == k
+        assert list(hook._modules.values()) == list(layers._modules.values())
+    # A leftover hook of an earlier edit is unwrapped, not wrapped twice.
+    again = injection.install_injection(FakePatcher(out_layers=clone.objects[
+        "diffusion_model.output_blocks.4.0.out_layers"]), st)
+    hook = again.objects["diffusion_model.output_blocks.4.0.out_layers"]
+    assert type(hook) is injection.FeatureInjection
+    assert all(not isinstance(m, injection.FeatureInjection) for m in hook._modules.values())
+    assert list(hook._modules.values()) == list(layers._modules.values())
+    with pytest.raises(EditInputError, match="^output block 4 has no ResBlock with out_layers; use an SD 1.x "
+                                             "checkpoint$"):
+        injection.install_injection(FakePatcher(out_layers=nn.Identity()), st)
+    bare = FakePatcher(out_layers=layers)
+    bare.model_options = {}
+    assert set(injection.install_injection(bare, st).attn1) == {("output", k, None) for k in range(4, 12)}
