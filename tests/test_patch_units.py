@@ -47,7 +47,7 @@ def _tokens(n, seed):
 def _reference(adapter, key, h, tokens, scale, factors=None):
     """The formula written out for one block: rows of h [B, n, d] with tokens [B, 77, 768]."""
     mod = adapter.model.blocks[BLOCKS_BY_COMFY_KEY[key].name]
-    w = {k: p.detach() for k, p in mod.named_parameters()}
+    w = {k: p.detach().to(h.dtype) for k, p in mod.named_parameters()}
     d = h.shape[-1]
     y = F.layer_norm(h, (d,), w["norm_adapter.weight"], w["norm_adapter.bias"], 1e-5)
     q = y @ w["attn_adapter.to_q.weight"].T
@@ -67,7 +67,7 @@ def _options(patch, chunks, batch, key, x, run=None, **extra):
 
 def _stream(rows, d, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, 4, d, generator=g), torch.randn(rows, 4, d, generator=g)
+    return torch.randn(rows, 5, d, generator=g), torch.randn(rows, 5, d, generator=g)
 
 
 @pytest.mark.parametrize("key", [MIDDLE, FINE])
@@ -114,6 +114,53 @@ def test_fast_path_builds_once_per_run_and_signature():
     opts = _options(patch, [0, 1], 1, FINE, x, run=run)
     first = patch(n, opts)
     assert torch.equal(patch(n, opts), first) and len(builds) == 1
+    # Another block in the same run gets its own tensors.
+    wide_x, wide_n = _stream(2, 1280, 8)
+    out = patch(wide_n, _options(patch, [0, 1], 1, MIDDLE, wide_x, run=run))
+    ref = _reference(adapter, MIDDLE, wide_x + wide_n, torch.cat([patch.cond_tokens, patch.uncond_tokens]), 1.0)
+    torch.testing.assert_close(out, wide_n + ref, rtol=1e-4, atol=1e-5)
+    assert len(builds) == 2
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_patch_computes_in_the_streams_dtype(differentiable):
+    adapter = Adapter(2)
+    cond, uncond = _tokens(1, 1), _tokens(1, 2)
+    patch = sp.SonicAudioPatch(adapter, cond, uncond, row_strengths=[0.5, 2.0], differentiable=differentiable)
+    x, n = (t.double() for t in _stream(4, 320, 12))
+    out = patch(n, _options(patch, [0, 1], 2, FINE, x))
+    assert out.dtype == torch.float64
+    tokens = torch.cat([cond.expand(2, -1, -1), uncond.expand(2, -1, -1)]).double()
+    ref = _reference(adapter, FINE, x + n, tokens, 1.0, torch.tensor([0.5, 2.0, 0.5, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(out, n + ref, rtol=1e-5, atol=1e-6)
+
+
+def test_row_scale_fills_ones_for_chunks_without_factors():
+    patch = sp.SonicAudioPatch(Adapter(), _tokens(1, 1), None)
+    rows = [(None, None), (None, torch.tensor([2.0]))]
+    scale = patch._row_scale(rows, 2, torch.device("cpu"), torch.float64)
+    assert scale.dtype == torch.float64 and scale.flatten().tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert patch._row_scale([(None, None)], 2, torch.device("cpu"), torch.float32) is None
+
+
+def test_defaults_and_a_window_that_runs_to_the_end():
+    adapter = Adapter()
+    patch = sp.SonicAudioPatch(adapter, _tokens(1, 1), None)
+    assert patch.strength == 1.0 and patch.start_percent == 0.0 and patch.end_percent == 1.0
+    assert patch.block_weights == (1.0,) * 10 and patch.site_scales == {b.name: 1.0 for b in ADAPTER_BLOCKS}
+    late = sp.SonicAudioPatch(adapter, _tokens(1, 1), None, start_percent=0.5)
+    assert late.window(Sampling()) == pytest.approx((0.0, 5.0))
+    x, n = _stream(2, 320, 13)
+    opts = _options(patch, [0], 2, FINE, x)
+    del opts["block_index"]  # cores that do not set it: the first transformer
+    assert not torch.equal(patch(n, opts), n)
+
+
+def test_a_chunk_of_the_wrong_size_is_refused():
+    patch = sp.SonicAudioPatch(Adapter(), _tokens(1, 1), None)
+    x, n = _stream(2, 320, 14)
+    with pytest.raises(AudioBatchError, match=r"^Apply Sonic Adapter: 2 audio rows for a chunk of 1 latents\.$"):
+        patch(n, _options(patch, [0, 1], 2, FINE, x))  # two chunks of two rows, but a stream of two rows
 
 
 def test_patch_passes_through_where_it_does_not_act():
