@@ -47,7 +47,7 @@ declare -A TESTS=(
     [blocks]="tests/test_blocks_guidance_units.py
 tests/test_block_weights.py
 -k
-presets or malformed or non_finite or table or factor or parse"
+presets or malformed or non_finite or table or factor or parse or output_block"
     [batching]="tests/test_batching_mixing_units.py"
     [mixing]="tests/test_batching_mixing_units.py
 tests/test_audio_encode_inputs.py
