@@ -67,7 +67,7 @@ def _options(patch, chunks, batch, key, x, run=None, **extra):
 
 def _stream(rows, d, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, 5, d, generator=g), torch.randn(rows, 5, d, generator=g)
+    return torch.randn(rows, 7, d, generator=g), torch.randn(rows, 7, d, generator=g)
 
 
 @pytest.mark.parametrize("key", [MIDDLE, FINE])
