@@ -3,10 +3,9 @@ interpolation and smoothing weights, per-frame loudness), against values compute
 so a wrong bound, sign or index fails (scripts/mutation.sh)."""
 import math
 
+import comfy.sample
 import pytest
 import torch
-
-import comfy.sample
 
 from sonic_diffusion import CLAP_CLIP_SAMPLES, animation
 from sonic_diffusion.resample import resample
@@ -48,8 +47,8 @@ def test_checked_mono_refuses_bad_rates_and_non_finite_samples():
     with pytest.raises(ValueError, match="sample rate 10 Hz is outside"):
         animation.checked_mono(torch.ones(1, 8), 10)
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="^the audio contains NaN or infinite samples; fix or re-decode the "
-                                             "source$"):
+        with pytest.raises(ValueError, match=r"^the audio contains NaN or infinite samples; fix or re-decode the "
+                                             r"source$"):
             animation.checked_mono(torch.tensor([[0.0, bad]]), 8000)
 
 

@@ -50,7 +50,7 @@ def test_max_window_offset_and_its_check():
     audio_prep.check_window_offset(wave, 44100, "offset", 2.0 + 0.5 / 44100)  # half a sample over: rounding
     with pytest.raises(ValueError, match="past the last 10 s window"):
         audio_prep.check_window_offset(wave, 44100, "offset", 2.0 + 1.0 / 44100)
-    with pytest.raises(ValueError, match="; the clip is 10 s or shorter and is used whole: set offset to 0$"):
+    with pytest.raises(ValueError, match=r"; the clip is 10 s or shorter and is used whole: set offset to 0$"):
         audio_prep.check_window_offset(torch.zeros(1, 44100 * 5), 44100, "offset", 0.1)
     audio_prep.check_window_offset(torch.zeros(1, 44100 * 5), 44100, "offset", 0.4 / 44100)  # within half a sample
 
@@ -66,7 +66,7 @@ def test_prepare_clip_shapes_tiles_and_refusals():
     assert audio_prep.prepare_clip(long, 44100, "offset", 0.01)[0, 0] == 441
     assert audio_prep.prepare_clip(long, 44100, "offset")[0, 0] == 0
     assert audio_prep.prepare_clip(long, 44100)[0, -1] == N - 1
-    with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match=r"must be a torch.Tensor, got list"):
         audio_prep.prepare_clip([0.0], 44100)
     with pytest.raises(ValueError, match=r"\[channels, samples\] or \[batch, channels, samples\]"):
         audio_prep.prepare_clip(torch.zeros(5), 44100)
@@ -75,8 +75,8 @@ def test_prepare_clip_shapes_tiles_and_refusals():
             audio_prep.prepare_clip(empty, 44100)
     with pytest.raises(TypeError, match="floating point"):
         audio_prep.prepare_clip(torch.ones(1, 5, dtype=torch.int16), 44100)
-    with pytest.raises(ValueError, match="^the audio contains 1 NaN and 2 infinite samples; fix or re-decode the "
-                                         "source before encoding$"):
+    with pytest.raises(ValueError, match=r"^the audio contains 1 NaN and 2 infinite samples; fix or re-decode the "
+                                         r"source before encoding$"):
         audio_prep.prepare_clip(torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0]]), 44100)
     with pytest.raises(ValueError, match="window must be one of"):
         audio_prep.prepare_clip(ramp, 44100, "end")
@@ -106,7 +106,7 @@ def test_resample_backend_choice(monkeypatch):
     assert rs._pick_backend("sinc") == ("sinc", None)
     monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: None)
     assert rs._pick_backend("auto", 48000, 44100) == ("torchaudio", ta_fn)
-    with pytest.raises(RuntimeError, match="comfy.audio.resample is not available"):
+    with pytest.raises(RuntimeError, match=r"comfy.audio.resample is not available"):
         rs._pick_backend("comfy")
     monkeypatch.setattr(rs, "_torchaudio_resample_fn", lambda: None)
     with pytest.raises(RuntimeError, match="torchaudio is not importable"):
@@ -142,7 +142,7 @@ def _direct_resample(x, o, n):
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("o, n", [(3, 2), (2, 3), (5, 7)])
+@pytest.mark.parametrize(("o", "n"), [(3, 2), (2, 3), (5, 7)])
 def test_sinc_resample_is_the_written_formula(o, n):
     x = torch.randn(2, 40, generator=torch.Generator().manual_seed(o * 10 + n), dtype=torch.float64)
     got = rs.sinc_resample(x, o * 1000, n * 1000)
@@ -249,9 +249,9 @@ def test_resample_fallback_is_logged_with_the_backend_and_error(monkeypatch, cap
 def test_backend_errors_read_in_full(monkeypatch):
     monkeypatch.setattr(rs, "_comfy_resample_fn", lambda: None)
     monkeypatch.setattr(rs, "_torchaudio_resample_fn", lambda: None)
-    with pytest.raises(RuntimeError, match="^comfy.audio.resample is not available in this ComfyUI$"):
+    with pytest.raises(RuntimeError, match=r"^comfy.audio.resample is not available in this ComfyUI$"):
         rs._pick_backend("comfy")
-    with pytest.raises(RuntimeError, match="^torchaudio is not importable$"):
+    with pytest.raises(RuntimeError, match=r"^torchaudio is not importable$"):
         rs._pick_backend("torchaudio")
 
 

@@ -1,9 +1,8 @@
 """Fast unit checks of the block table and weight parsing (blocks.py) and of the guidance
 arithmetic (guidance.py), written so a wrong index, width or sign fails (scripts/mutation.sh)."""
+import comfy.samplers
 import pytest
 import torch
-
-import comfy.samplers
 
 from sonic_diffusion import blocks, guidance
 from sonic_diffusion.blocks import BlockWeightsError
@@ -183,7 +182,7 @@ class CfgRecorder:
         return uncond_pred + (cond_pred - uncond_pred) * scale
 
 
-@pytest.mark.parametrize("s_text, s_audio, expected", [
+@pytest.mark.parametrize(("s_text", "s_audio", "expected"), [
     (7.0, 3.0, 1 + 7 * (3 - 1) + 3 * (5 - 3)),
     (7.0, 7.0, 1 + 7 * (5 - 1)),       # joint guidance: e(t,-) is never computed
     (7.0, 0.0, 1 + 7 * (3 - 1)),       # no audio guidance: e(t,a) is never computed

@@ -62,7 +62,7 @@ NOT_DESCENDING = (r"^the SIGMAS must descend to the end of sampling \(denoise 1.
                   r"along the same levels$")
 
 
-@pytest.mark.parametrize("sigmas, message", [
+@pytest.mark.parametrize(("sigmas", "message"), [
     ([1.0], NO_STEP),
     ([], NO_STEP),
     ([1.0, 2.0, 0.0], NOT_DESCENDING),

@@ -1,11 +1,10 @@
 """Fast unit checks of the Plug-and-Play hooks' bookkeeping (edit/injection.py): which hooks
 are active in which mode, how the source rows are laid out and cropped to an area, and what
 each hook hands on (scripts/mutation.sh)."""
+import comfy.ldm.modules.attention as comfy_attention
 import pytest
 import torch
 import torch.nn as nn
-
-import comfy.ldm.modules.attention as comfy_attention
 
 from sonic_diffusion.edit import injection
 from sonic_diffusion.edit.schedule import EditInputError
@@ -180,7 +179,7 @@ def test_token_crop_keeps_the_width_asked():
     assert torch.equal(out, src.view(1, 8, 8, 1)[:, 0:2, 4:7].reshape(1, 6, 1))
     st = injection.InjectionState()
     st.source[("q", 4)] = (src, (8, 8))
-    with pytest.raises(EditInputError, match="^a model call's chunks cannot be matched to their conditionings$"):
+    with pytest.raises(EditInputError, match=r"^a model call's chunks cannot be matched to their conditionings$"):
         injection.source_rows(st, ("q", 4), (2, 3), 2, {"uuids": ["a"]}, tokens=True)
 
 
@@ -236,8 +235,8 @@ def test_install_injection_wires_every_hook_on_a_clone():
     assert type(hook) is injection.FeatureInjection
     assert all(not isinstance(m, injection.FeatureInjection) for m in hook._modules.values())
     assert list(hook._modules.values()) == list(layers._modules.values())
-    with pytest.raises(EditInputError, match="^output block 4 has no ResBlock with out_layers; use an SD 1.x "
-                                             "checkpoint$"):
+    with pytest.raises(EditInputError, match=r"^output block 4 has no ResBlock with out_layers; use an SD 1.x "
+                                             r"checkpoint$"):
         injection.install_injection(FakePatcher(out_layers=nn.Identity()), st)
     bare = FakePatcher(out_layers=layers)
     bare.model_options = {}
