@@ -159,7 +159,7 @@ def test_defaults_and_a_window_that_runs_to_the_end():
 def test_a_chunk_of_the_wrong_size_is_refused():
     patch = sp.SonicAudioPatch(Adapter(), _tokens(1, 1), None)
     x, n = _stream(2, 320, 14)
-    with pytest.raises(AudioBatchError, match=r"^Apply Sonic Adapter: 2 audio rows for a chunk of 1 latents\.$"):
+    with pytest.raises(AudioBatchError, match=r"^the Sonic audio patch: 2 audio rows for a chunk of 1 latents\.$"):
         patch(n, _options(patch, [0, 1], 2, FINE, x))  # two chunks of two rows, but a stream of two rows
 
 
@@ -220,12 +220,12 @@ def test_window_in_sigmas_and_the_calls_it_skips():
 def test_rows_for_role_and_plumbing():
     adapter = Adapter()
     cond, uncond = _tokens(1, 1), _tokens(1, 2)
-    patch = sp.SonicAudioPatch(adapter, cond, uncond, row_strengths=[1.0, 2.0])
+    patch = sp.SonicAudioPatch(adapter, cond, uncond, row_strengths=[1.0, 2.0], source="Some Node")
     assert patch.rows_for_role("positive").tokens is cond
     for role in ("negative", "positive_without_audio"):
         assert patch.rows_for_role(role).tokens is uncond
     assert patch.rows_for_role("positive").factors.tolist() == [1.0, 2.0]
-    assert patch.rows_for_role("positive").source == sp.SOURCE
+    assert patch.rows_for_role("positive").source == "Some Node"
     assert patch.models() == [adapter.patcher] and patch.adapter_uid == "adapter-1"
     import copy
     assert copy.deepcopy(patch) is patch
