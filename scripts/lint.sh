@@ -14,7 +14,8 @@ VENV="${1:-$ROOT/.build/lint-venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip --version >/dev/null
 [ -x "$VENV/bin/comfy-test" ] || "$VENV/bin/python" -m pip install -q comfy-test
-[ -x "$VENV/bin/ruff" ] || "$VENV/bin/python" -m pip install -q ruff
+# ruff pinned: a newer ruff adds rules to the selected families and would fail a clean checkout.
+[ -x "$VENV/bin/ruff" ] || "$VENV/bin/python" -m pip install -q "ruff==0.17.6"
 COMFY_CLI_VERSION=1.23.0
 "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('comfy-cli') != sys.argv[1])" \
     "$COMFY_CLI_VERSION" 2>/dev/null || "$VENV/bin/python" -m pip install -q "comfy-cli==$COMFY_CLI_VERSION"
