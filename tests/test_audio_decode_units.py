@@ -424,6 +424,7 @@ class Container:
             raise self.seek_error
 
     def decode(self, stream):
+        self.decoded = stream
         for f in self.frames:
             self.yielded += 1
             yield f
@@ -470,8 +471,10 @@ def test_pass_skips_empty_frames():
 def test_pass_seeks_relative_to_the_stream_start():
     c = Container([timed(40, 20, origin=7), timed(60, 20, origin=7)])
     w = ad._Window(50, 15, 100, BIG)
-    assert ad._run_pass(c, ms_stream(start_time=7), SR_PASS, w, lambda: None, 0.4) == ("ok", None)
-    assert c.seeks == [(47, {"stream": c.seeks[0][1]["stream"], "backward": True, "any_frame": False})]
+    stream = ms_stream(start_time=7)
+    assert ad._run_pass(c, stream, SR_PASS, w, lambda: None, 0.4) == ("ok", None)
+    assert c.seeks == [(47, {"stream": stream, "backward": True, "any_frame": False})]
+    assert c.decoded is stream
     assert kept(w) == [[[50.0 + i for i in range(10)]], [[60.0, 61.0, 62.0, 63.0, 64.0]]]
 
 
@@ -577,10 +580,11 @@ class FakeAv:
     error = av.error
 
     def __init__(self, make):
-        self.make, self.opened = make, []
+        self.make, self.opened, self.paths = make, [], []
 
     def open(self, path, mode):
         assert mode == "r"
+        self.paths.append(path)
         f = self.make()
         self.opened.append(f)
         return f
@@ -594,7 +598,13 @@ def frames_from(first, total, size=100):
 @pytest.fixture
 def declared(monkeypatch):
     value = [None]
-    monkeypatch.setattr(ad, "declared_seconds", lambda path, container, stream: value[0])
+
+    def declared_seconds(path, container, stream):
+        assert path == "f.ogg" or path.endswith("f.ogg")
+        assert stream is container.streams.audio[0]
+        return value[0]
+
+    monkeypatch.setattr(ad, "declared_seconds", declared_seconds)
     return value
 
 
@@ -706,7 +716,7 @@ def test_decode_refuses_a_declared_length_over_the_maximum(declared):
 
 def test_decode_refuses_more_decoded_than_the_maximum(declared):
     fake = FakeAv(lambda: File(frames_from(0, 1300)))
-    with pytest.raises(AudioDecodeError, match=r"is longer than 0\.02 minutes"):
+    with pytest.raises(AudioDecodeError, match=r"^'f\.ogg' is longer than 0\.02 minutes"):
         ad._decode(fake, "f.ogg", 0.0, 0.0, 1.2, lambda: None)  # cap 1200 samples
     w, _, _, _ = ad._decode(fake, "f.ogg", 0.0, 0.0, 1.3, lambda: None)
     assert w.got == 1300
@@ -753,3 +763,131 @@ def test_decode_audio_argument_checks(monkeypatch, tmp_path):
                             "load the file in parts")
     with pytest.raises(AudioDecodeError, match=r"^audio file not found: .*ComfyUI's input folder$"):
         ad.decode_audio(tmp_path / "f.ogg", duration_s=60, max_seconds=60)
+
+
+# ---- survivors of the first mutation run ---------------------------------------------
+
+def test_window_starts_empty():
+    w = ad._Window(5, None, 100, BIG)
+    assert (w.chunks, w.got, w.end, w.channels) == ([], 0, 0, None)
+
+
+def test_window_over_budget_counts_only_kept_samples():
+    w = ad._Window(3, None, 100, 24)  # 6 mono samples fit
+    with pytest.raises(ad._OverBudget) as e:
+        w.add(0, Frame(0, 10))  # 7 kept
+    assert (e.value.samples, e.value.channels, e.value.args) == (7, 1, (7, 1))
+
+
+def test_window_copies_the_frame_samples():
+    f = Frame(0, 4)
+    w = ad._Window(1, None, 100, BIG)
+    w.add(0, f)
+    f.data[:] = -1.0  # PyAV reuses frame buffers
+    assert kept(w) == [[[1.0, 2.0, 3.0]]]
+
+
+def test_window_packed_frames():
+    f = Frame(0, 3, channels=2, fmt="s16", planar=False,
+              data=np.array([[0, 16384, 8192, -8192, 16384, 0]], dtype=np.int16))
+    w = ad._Window(1, None, 100, BIG)
+    w.add(0, f)
+    assert kept(w) == [[[0.25, 0.5], [-0.25, 0.0]]]
+
+
+def test_frame_to_float_is_float32_for_integer_formats():
+    assert ad._frame_to_float(Frame(0, 1, fmt="u8", data=np.array([[64]], dtype=np.uint8)), 1).dtype == np.float32
+    assert ad._frame_to_float(Frame(0, 1, fmt="s16", data=np.array([[64]], dtype=np.int16)), 1).dtype == np.float32
+
+
+def test_pass_places_frames_by_the_stream_time_base():
+    c = Container([Frame(30, 10, pts=30), Frame(40, 10, pts=40)])  # frames without their own time base
+    w = ad._Window(35, 10, 100, BIG)
+    assert ad._run_pass(c, ms_stream(), SR_PASS, w, lambda: None, 0.1) == ("ok", None)
+    assert w.got == 10
+
+
+def test_pass_jump_back_after_one_kept_sample_is_overshoot():
+    c = Container([timed(30, 10), timed(35, 10)])
+    w = ad._Window(39, None, 100, BIG)
+    assert ad._run_pass(c, ms_stream(), SR_PASS, w, lambda: None, 0.1) == ("overshoot", None)
+
+
+def test_before_decoding_duration_under_one_second(one_mib):
+    with pytest.raises(AudioDecodeError, match=r"0\.5 s requested"):
+        ad._check_before_decoding("f.wav", stream_with(1 << 20), SR, None, 0.0, 0.5)
+
+
+def test_before_decoding_declared_counts_from_start_with_a_duration(one_mib):
+    # 90 s left after the start, 200 s asked: 90 s fit
+    assert ad._check_before_decoding("f.wav", stream_with(2), SR, 150.0, 60.0, 200.0) == one_mib
+
+
+def test_before_decoding_declared_equal_to_duration_names_the_duration(one_mib):
+    with pytest.raises(AudioDecodeError, match=r"130\.0 s requested \(duration\)"):
+        ad._check_before_decoding("f.wav", stream_with(2), SR, 140.0, 10.0, 130.0)
+
+
+def test_result_truncation_tolerance_is_inclusive():
+    ad._check_result("f.flac", window_with(79500, 79500), 1000, 80.0, None, 0.0)  # 0.5 s short == tolerance
+
+
+def test_result_small_start_or_end_beyond_the_end():
+    with pytest.raises(AudioDecodeError, match=r"^start 0\.500 s is beyond the end of 'f\.ogg' \(about 0\.001 s"):
+        ad._check_result("f.ogg", window_with(0, 1), 1000, None, None, 0.5)
+
+
+def test_decode_rate_of_one_is_the_rate_rule(declared):
+    with pytest.raises(AudioDecodeError, match=r"^'f\.ogg': sample rate 1 Hz is outside"):
+        run_decode(FakeAv(lambda: File([], sr=1)), 0.0, 0.0)
+
+
+def test_decode_refuses_from_the_declared_length(declared, one_mib):
+    declared[0] = 300.0
+    fake = FakeAv(lambda: File([], sr=1024, channels=2))
+    with pytest.raises(AudioDecodeError, match=r"^'f\.ogg': 1024 Hz, 2 channel\(s\), 300\.0 s declared by the header"):
+        run_decode(fake, 0.0, 0.0, max_seconds=600)
+    assert fake.paths == ["f.ogg"]
+    assert fake.opened[0].yielded == 0
+
+
+def test_decode_opens_the_path_twice_when_decoding_from_the_start(declared):
+    fake = FakeAv(lambda: File(frames_from(0, 100)))
+    run_decode(fake, 0.0, 0.0)
+    assert fake.paths == ["f.ogg", "f.ogg"]
+
+
+def test_decode_audio_passes_path_interrupt_and_result(declared, monkeypatch, tmp_path, caplog):
+    path = tmp_path / "f.ogg"
+    path.write_bytes(b"x")
+    fake = FakeAv(lambda: File(frames_from(0, 1000, size=300)))
+    monkeypatch.setitem(sys.modules, "av", fake)
+    calls = []
+    wave, _ = ad.decode_audio(path, 0.25, 0.1, check_interrupt=lambda: calls.append(1))
+    assert wave.tolist() == [[250.0 + i for i in range(100)]]  # two frames' chunks joined
+    assert len(calls) == 2 and set(fake.paths) == {str(path)}
+    wave, _ = ad.decode_audio(path, 0.0, 0.0, gain_db=1.0)
+    assert wave[0, 1].item() == pytest.approx(10 ** (1 / 20))
+    with pytest.raises(AudioDecodeError) as e:
+        ad.decode_audio(path, 1.5, 0.0)
+    assert str(e.value) == f"start 1.500 s is beyond the end of {str(path)!r} (about 1.000 s long); use a smaller start"
+    declared[0] = 2.0
+    with pytest.raises(AudioDecodeError, match=r"is truncated: its header declares 2\.000 s"):
+        ad.decode_audio(path, 0.0, 0.0)
+    declared[0] = None
+    err = av.error.FFmpegError(5, "broken packet")
+    monkeypatch.setitem(sys.modules, "av", FakeAv(lambda: File(frames_from(0, 500), error=err)))
+    with caplog.at_level(logging.WARNING):
+        wave, _ = ad.decode_audio(path, 0.0, 0.0)
+    assert wave.shape == (1, 500)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"SonicDiffusion: {path}: decoding stopped early ([Errno 5] broken packet); using the 0.500 s decoded"]
+
+
+def test_decode_audio_refuses_an_empty_file(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "av", FakeAv(lambda: File([])))
+    path = tmp_path / "f.ogg"
+    path.write_bytes(b"")
+    with pytest.raises(AudioDecodeError) as e:
+        ad.decode_audio(path)
+    assert str(e.value) == f"audio file {str(path)!r} is empty (0 bytes); re-export or re-download it"
