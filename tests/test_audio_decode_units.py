@@ -891,3 +891,11 @@ def test_decode_audio_refuses_an_empty_file(monkeypatch, tmp_path):
     with pytest.raises(AudioDecodeError) as e:
         ad.decode_audio(path)
     assert str(e.value) == f"audio file {str(path)!r} is empty (0 bytes); re-export or re-download it"
+
+
+def test_decode_audio_defaults_load_the_whole_file(declared, monkeypatch, tmp_path):
+    path = tmp_path / "f.ogg"
+    path.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "av", FakeAv(lambda: File(frames_from(0, 1500, size=300))))
+    wave, sr = ad.decode_audio(path)
+    assert sr == 1000 and wave.tolist() == [[float(i) for i in range(1500)]]
