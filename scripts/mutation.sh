@@ -67,8 +67,7 @@ not decode and not fixture_clips"
 tests/test_audio_units.py
 -k
 resample or auto or tiled or crops or windows or units"
-    [audio_decode]="tests/test_audio_decode.py
-tests/test_audio_budget.py"
+    [audio_decode]="tests/test_audio_decode_units.py"
     [schedule]="tests/test_edit_schedule_units.py
 tests/test_edit.py
 -k
