@@ -143,7 +143,7 @@ class SonicAudioCond(comfy.conds.CONDRegular):
         return isinstance(other, SonicAudioCond)
 
     def concat(self, others):
-        return SonicAudioBatch([self, *list(others)])
+        return SonicAudioBatch([self, *others])
 
     def without_audio(self):
         """The same rows with the negative audio (the twin table), or self when there is none."""

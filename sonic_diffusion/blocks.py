@@ -33,7 +33,11 @@ def _output_block(k):
     )
 
 
-ADAPTER_BLOCKS = (AdapterBlock("middle_0", ("middle", 0), "mid_block.attentions.0.transformer_blocks.0", "middle_block.1.transformer_blocks.0", 1280), *tuple(_output_block(k) for k in range(3, 12)))
+ADAPTER_BLOCKS = (
+    AdapterBlock("middle_0", ("middle", 0), "mid_block.attentions.0.transformer_blocks.0",
+                 "middle_block.1.transformer_blocks.0", 1280),
+    *(_output_block(k) for k in range(3, 12)),
+)
 
 BLOCKS_BY_COMFY_KEY = {b.comfy_block: b for b in ADAPTER_BLOCKS}
 
@@ -61,7 +65,7 @@ BLOCK_PRESETS = {
     "medium (output 6-8)": (0.0,) * 4 + (1.0,) * 3 + (0.0,) * 3,
     "fine (output 9-11)": (0.0,) * 7 + (1.0,) * 3,
 }
-BLOCK_SITE_NAMES = ", ".join(("middle", *tuple(f"output {b.comfy_block[1]}" for b in ADAPTER_BLOCKS[1:])))
+BLOCK_SITE_NAMES = ", ".join(["middle", *(f"output {b.comfy_block[1]}" for b in ADAPTER_BLOCKS[1:])])
 
 
 class BlockWeightsError(ValueError):

@@ -68,7 +68,7 @@ def _unet_weights(checkpoint, unet_config):
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), framework="pt") as f:
-        ldm = {k: f.get_tensor(k) for k in f if k.startswith("model.diffusion_model.")}
+        ldm = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}  # noqa: SIM118 - safe_open is not iterable
     converted = convert_ldm_unet_checkpoint(ldm, unet_config)
     del ldm
     return {k: converted.pop(k).float() for k in list(converted)}

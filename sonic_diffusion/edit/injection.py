@@ -69,7 +69,7 @@ def source_rows(state, key, hw, nchunks, options, tokens):
     chunks = []
     for uuid in uuids:
         area = state.areas.get(uuid)
-        offset = None if area is None else (area[0], area[1], *tuple(state.latent_hw))
+        offset = None if area is None else (area[0], area[1], *state.latent_hw)
         chunks.append(_crop(src, src_hw, hw, offset, tokens))
     return torch.cat(chunks, dim=0)
 

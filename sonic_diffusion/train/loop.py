@@ -201,7 +201,7 @@ class _Trainer:
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        sums = {k: 0.0 for k in ["loss", *list(self.task.loss_parts)]}
+        sums = {k: 0.0 for k in ["loss", *self.task.loss_parts]}
         for m in range(self.A):
             base = (0 if args.repeat_first_batch else step * self.G) + (m * self.W + self.R) * self.B
             loss, parts = self.task.loss(range(base, base + self.B))
@@ -246,7 +246,7 @@ def run(task, args, device):
             C.save_checkpoint(out, step, tensors, meta, tr.state_dict(step, stream), keep=args.keep_checkpoints)
         D.barrier()
 
-    columns = ["step", "epoch", "loss", *list(task.loss_parts), "lr", "samples_per_s", "elapsed_s"]
+    columns = ["step", "epoch", "loss", *task.loss_parts, "lr", "samples_per_s", "elapsed_s"]
     runlog = RunLog(out, columns, args.tensorboard, start)
     bar = _progress(total, start)
     t_start = time.perf_counter()
